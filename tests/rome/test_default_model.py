@@ -1,0 +1,44 @@
+"""The embedded default model: trained deterministically, accurate, and editable."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from tuner.config import StudyConfig
+from tests.conftest import ROOT
+
+
+def test_build_meta_reports_accuracy_and_editability(default_model):
+    from tuner.models.build import BuildSpec, model_dir
+
+    meta = json.loads((model_dir(BuildSpec(kb=str(ROOT / "studies/facts/synthetic_kb.json"))) / "meta.json").read_text())
+    assert meta["accuracy"] >= 0.95
+    assert meta["editability"]["efficacy"] >= 0.8
+    assert meta["fingerprint"] == default_model.fingerprint
+
+
+def test_default_hparams_edit_raises_new_target_probability(default_model, facts):
+    cfg = StudyConfig.load(ROOT / "studies/default.yaml")
+    editor = default_model.editor(progress=False)
+    results = [editor.edit(f, cfg.base_hparams) for f in facts[:8]]
+    pre = [r.metrics["pre_prob"] for r in results]
+    post = [r.metrics["final_prob"] for r in results]
+    assert max(pre) < 0.05
+    assert sum(post) / len(post) > 0.5
+    assert sum(p > 0.5 for p in post) >= 5
+    # the model is unchanged afterwards: a second run gives the same pre-edit probabilities
+    again = editor.edit(facts[0], cfg.base_hparams)
+    assert again.metrics["pre_prob"] == results[0].metrics["pre_prob"]
+    assert again.trajectory["loss"] == results[0].trajectory["loss"]
+
+
+def test_large_weight_decay_and_lr_rebound(default_model, facts):
+    """The failure the tuner exists for: a peak, then a fall of the target probability."""
+    cfg = StudyConfig.load(ROOT / "studies/default.yaml")
+    editor = default_model.editor(progress=False)
+    hp = cfg.base_hparams.replace(v_lr=1.0, v_weight_decay=100.0, v_num_grad_steps=40)
+    rebounds = [editor.edit(f, hp).metrics["rebound"] for f in facts[:8]]
+    assert max(rebounds) > 0.1

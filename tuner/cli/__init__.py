@@ -1,0 +1,1 @@
+"""The ``tuner`` command line. Subcommand modules import heavy libraries only when run."""

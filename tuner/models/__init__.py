@@ -1,0 +1,2 @@
+"""Models: the embedded default model (trained here, deterministically) and loading of real
+checkpoints from a local path or the user's HF cache."""

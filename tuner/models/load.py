@@ -1,0 +1,106 @@
+"""Load a model once per process: the embedded default (built on first use) or a real
+checkpoint from a local directory or the local Hugging Face cache (never downloaded)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tuner.config import StudyConfig
+from tuner.errors import ConfigError, TunerError
+from tuner.rome.adapters import Adapter, detect_adapter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tok: Any
+    adapter: Adapter
+    fingerprint: str
+    stats_texts: list[str]
+    name: str
+    device: str
+
+    @property
+    def n_layers(self) -> int:
+        return self.adapter.n_layers(self.model.config)
+
+    def editor(self, *, progress: bool = True) -> Any:
+        from tuner.rome.editor import Editor
+
+        return Editor(self.model, self.tok, self.adapter, fingerprint=self.fingerprint,
+                      stats_texts=self.stats_texts, progress=progress)
+
+
+def pick_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} requested but CUDA is not available on this machine")
+    return device
+
+
+def _dtype(name: str, device: str) -> Any:
+    import torch
+
+    if name == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return getattr(torch, name)
+
+
+def _read_corpus(path: Path) -> list[str]:
+    if not path.is_file():
+        raise ConfigError(f"model.stats_corpus not found: {path}")
+    lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    if not lines:
+        raise ConfigError(f"model.stats_corpus is empty: {path}")
+    return lines
+
+
+def load_model(cfg: StudyConfig, *, device: str | None = None, progress: bool = True) -> LoadedModel:
+    import torch  # noqa: F401  (heavy import kept local)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    spec = cfg.model
+    dev = pick_device(device or spec.device)
+    dtype = _dtype(spec.dtype, dev)
+    if spec.name == "default":
+        from tuner.models.build import BuildSpec, build
+
+        edits = cfg.resolve(cfg.facts.path)
+        path = build(BuildSpec(arch=spec.arch, kb=str(cfg.resolve(spec.kb)), edits=str(edits)), progress=progress)
+        meta = json.loads((path / "meta.json").read_text())
+        fingerprint = meta["fingerprint"]
+        corpus = path / "corpus.txt"
+        trust = False
+        source: str | Path = path
+    else:
+        source = Path(spec.name)
+        trust = spec.trust_remote_code
+        if source.is_dir():
+            from tuner.models.fingerprint import checkpoint_fingerprint
+
+            fingerprint = checkpoint_fingerprint(source)
+        else:
+            source = spec.name  # a model id: only the local HF cache is consulted
+            fingerprint = hashlib.sha256(spec.name.encode()).hexdigest()[:16]
+        corpus = cfg.resolve(spec.stats_corpus) if spec.stats_corpus else None
+    try:
+        tok = AutoTokenizer.from_pretrained(source, trust_remote_code=trust, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=trust,
+                                                     local_files_only=True)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TunerError(f"cannot load model {spec.name!r}: {first}") from None
+    model.to(dev)
+    adapter = detect_adapter(model.config, family=spec.family, overrides=spec.adapter or None)
+    stats = _read_corpus(corpus) if corpus is not None else []
+    return LoadedModel(model, tok, adapter, fingerprint, stats, str(spec.name), dev)

@@ -1,0 +1,17 @@
+"""ROME (Meng et al. 2022) in files named after the paper's steps.
+
+- ``hooks``        read or edit a module's input/output; hooks always removed
+- ``adapters``     per-family module-name templates and tensor layout, as data
+- ``tokens``       prompt batching that is correct for left padding and prefix tokens
+- ``layer_stats``  second-moment statistics C = E[k kᵀ], cached as safetensors
+- ``context``      seeded context templates sampled from the model
+- ``compute_k``    k*: the key at the subject's last token, averaged over contexts
+- ``compute_v``    v*: the optimised value vector, with the full per-step trajectory
+- ``rank_one``     the rank-one update, restored bit-exactly on exit
+- ``evaluate``     CounterFact metrics and stability measures
+- ``editor``       ``Editor``: one model loaded once, many edits
+"""
+
+from tuner.rome.hparams import ROMEHyperParams
+
+__all__ = ["ROMEHyperParams"]

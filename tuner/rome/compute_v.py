@@ -1,0 +1,133 @@
+"""v*: the value vector that makes the model say the new target (ROME §3.1, eq. 4).
+
+A delta δ is added to the rewrite module's output at the subject's last token and optimised
+with Adam on
+    loss = NLL(new target | context + prompt)                         (rewrite prompts)
+         + kl_factor · KL(P(· | "{subject} is a") ‖ P₀)               (essence drift)
+         + v_weight_decay · ‖δ‖ / ‖v₀‖²                               (keep δ small)
+after each step δ is clamped to ``clamp_norm_factor · ‖v₀‖``. Every step is recorded: the
+trajectory is what exposes oscillation and the rise-then-fall ("rebound") of the target
+probability that the tuner penalises."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from tuner.errors import EditError
+from tuner.rome.adapters import Adapter
+from tuner.rome.compute_k import fill, module_io_at
+from tuner.rome.hooks import Trace
+from tuner.rome.hparams import ROMEHyperParams
+from tuner.rome.tokens import make_batch, pad_id_of, padding_side, subject_token_index
+
+KL_PROMPT = "{} is a"
+
+
+@dataclass
+class VResult:
+    v_star: torch.Tensor  # (d_model,) target output of the rewrite module at k
+    key: torch.Tensor  # (d_ff,) rewrite-module input at the bare prompt's fact token
+    value_init: torch.Tensor  # (d_model,) module output there before the edit
+    trajectory: dict[str, list[float]]  # per step: loss, nll, kl, weight_decay, prob, delta_norm, lr
+    final_prob: float  # mean target probability with the final δ (after the last update)
+
+
+def compute_v(
+    model: Any,
+    tok: Any,
+    adapter: Adapter,
+    hp: ROMEHyperParams,
+    prompt: str,
+    subject: str,
+    target_ids: Sequence[int],
+    context_templates: Sequence[str],
+) -> VResult:
+    device = next(model.parameters()).device
+    module = adapter.rewrite.format(hp.layer)
+    target = torch.tensor(list(target_ids), device=device)  # (L,)
+    n_t = len(target_ids)
+
+    # Rows: one per context template (prompt + target[:-1]), then the KL prompt.
+    rows, lookup, tgt_pos = [], [], []
+    for tmpl in context_templates:
+        ids, idx = subject_token_index(tok, fill(tmpl, prompt, subject), subject, hp.fact_token)
+        rows.append(ids + list(target_ids[:-1]))
+        lookup.append(idx)
+        tgt_pos.append([len(ids) - 1 + j for j in range(n_t)])
+    kl_ids, kl_idx = subject_token_index(tok, KL_PROMPT.format(subject), subject, hp.fact_token)
+    rows.append(kl_ids)
+    lookup.append(kl_idx)
+    n_rw = len(context_templates)
+
+    batch = make_batch(rows, pad_id=pad_id_of(tok), side=padding_side(tok, adapter.padding_side), device=device)
+    kwargs = batch.model_kwargs(model)
+    r_idx = torch.arange(len(rows), device=device)
+    c_idx = torch.tensor([batch.offsets[i] + lookup[i] for i in range(len(rows))], device=device)
+    t_cols = torch.tensor([[batch.offsets[i] + p for p in tgt_pos[i]] for i in range(n_rw)], device=device)  # (R, L)
+
+    key, value_init = (t[0] for t in module_io_at(model, tok, adapter, hp.layer, [prompt.format(subject)], subject, hp.fact_token))
+    with torch.no_grad():
+        kl_init = _kl_log_probs(model(**kwargs).logits, batch.offsets[-1] + kl_idx)  # (V,)
+    init_norm = value_init.norm()
+
+    delta = torch.zeros_like(value_init, requires_grad=True)  # (d_model,)
+
+    def add_delta(out: torch.Tensor, _module: Any) -> torch.Tensor:
+        view = out.transpose(0, 1) if adapter.seq_first else out  # (B, T, d)
+        view[r_idx, c_idx] += delta.to(out.dtype)
+        return out
+
+    opt = torch.optim.Adam([delta], lr=hp.v_lr)
+    sched = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=hp.v_num_grad_steps)
+        if hp.lr_schedule == "cosine"
+        else None
+    )
+    max_norm = hp.clamp_norm_factor * init_norm
+    traj: dict[str, list[float]] = {k: [] for k in ("loss", "nll", "kl", "weight_decay", "prob", "delta_norm", "lr")}
+    for step in range(hp.v_num_grad_steps):
+        opt.zero_grad(set_to_none=True)
+        with Trace(model, module, edit_output=add_delta):
+            logits = model(**kwargs).logits  # (B, T, V)
+        logp = logits[:n_rw].float().log_softmax(-1)  # (R, T, V)
+        tok_logp = logp[torch.arange(n_rw, device=device)[:, None], t_cols, target[None, :]]  # (R, L)
+        nll_each = -tok_logp.mean(1)  # (R,) per-token NLL of the target
+        nll = nll_each.mean()
+        kl = hp.kl_factor * torch.nn.functional.kl_div(
+            kl_init, _kl_log_probs(logits, batch.offsets[-1] + kl_idx), log_target=True, reduction="sum"
+        )
+        wd = hp.v_weight_decay * (delta.norm() / init_norm**2)
+        loss = nll + kl + wd
+        if not torch.isfinite(loss):
+            raise EditError(f"loss became {loss.item()} at step {step} (v_lr={hp.v_lr:g} is likely too large)")
+        for name, value in (
+            ("loss", loss), ("nll", nll), ("kl", kl), ("weight_decay", wd),
+            ("prob", torch.exp(-nll_each).mean()), ("delta_norm", delta.norm()),
+        ):
+            traj[name].append(float(value.detach()))
+        traj["lr"].append(opt.param_groups[0]["lr"])
+        loss.backward()
+        opt.step()
+        if sched is not None:
+            sched.step()
+        with torch.no_grad():
+            norm = delta.norm()
+            if norm > max_norm:
+                delta.mul_(max_norm / norm)
+
+    # The trajectory's last entry is the loss *before* the final update; record the state the
+    # edit will actually use so the trajectory ends where the edited model starts.
+    with torch.no_grad(), Trace(model, module, edit_output=add_delta):
+        logits = model(**kwargs).logits
+        logp = logits[:n_rw].float().log_softmax(-1)
+        tok_logp = logp[torch.arange(n_rw, device=device)[:, None], t_cols, target[None, :]]
+        final_prob = float(torch.exp(tok_logp.mean(1)).mean())
+    return VResult((value_init + delta).detach(), key, value_init, traj, final_prob)
+
+
+def _kl_log_probs(logits: torch.Tensor, col: int) -> torch.Tensor:
+    return logits[-1, col].float().log_softmax(-1)  # (V,) next-token distribution after the subject

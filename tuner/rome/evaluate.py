@@ -1,0 +1,102 @@
+"""Metrics after an edit (CounterFact definitions) and stability measures of the trajectory.
+
+Probabilities of multi-token targets are sequence probabilities (product over tokens);
+comparisons between the new and the true target use the mean per-token log-probability, as in
+ROME's CounterFact evaluation."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from tuner.rome.adapters import Adapter
+from tuner.rome.tokens import encode, make_batch, pad_id_of, padding_side, target_token_ids
+
+
+@torch.no_grad()
+def target_logprobs(
+    model: Any, tok: Any, adapter: Adapter, pairs: Sequence[tuple[str, str]], batch_size: int = 64
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each (prompt, target): (sum of target log-probs, mean per-token log-prob), each (N,)."""
+    device = next(model.parameters()).device
+    sums, means = [], []
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start : start + batch_size]
+        rows, spans = [], []
+        for prompt, target in chunk:
+            p_ids, t_ids = encode(tok, prompt), target_token_ids(tok, prompt, target)
+            rows.append(p_ids + t_ids[:-1])
+            spans.append((len(p_ids), t_ids))
+        batch = make_batch(rows, pad_id=pad_id_of(tok), side=padding_side(tok, adapter.padding_side), device=device)
+        logp = model(**batch.model_kwargs(model)).logits.float().log_softmax(-1)  # (B, T, V)
+        for i, (n_p, t_ids) in enumerate(spans):
+            pos = torch.arange(len(t_ids), device=device) + batch.offsets[i] + n_p - 1
+            lp = logp[i, pos, torch.tensor(t_ids, device=device)]  # (L,)
+            sums.append(lp.sum())
+            means.append(lp.mean())
+    return torch.stack(sums).cpu(), torch.stack(means).cpu()
+
+
+def fact_pairs(fact: Any) -> tuple[list[tuple[str, str]], dict[str, slice]]:
+    """All (prompt, target) pairs a fact is scored on, and where each group sits."""
+    groups = {
+        "rewrite": [fact.rewrite_prompt],
+        "paraphrase": list(fact.paraphrase_prompts),
+        "neighborhood": list(fact.neighborhood_prompts),
+    }
+    pairs: list[tuple[str, str]] = []
+    where: dict[str, slice] = {}
+    for name, prompts in groups.items():
+        start = len(pairs)
+        for p in prompts:
+            pairs += [(p, fact.target_new), (p, fact.target_true)]
+        where[name] = slice(start, len(pairs))
+    return pairs, where
+
+
+def score_fact(model: Any, tok: Any, adapter: Adapter, fact: Any) -> dict[str, torch.Tensor]:
+    """Per group: sequence probability and mean log-prob of the new and true target."""
+    pairs, where = fact_pairs(fact)
+    sums, means = target_logprobs(model, tok, adapter, pairs)
+    out = {}
+    for name, sl in where.items():
+        s, m = sums[sl], means[sl]
+        out[name] = {"p_new": s[0::2].exp(), "p_true": s[1::2].exp(), "lp_new": m[0::2], "lp_true": m[1::2]}
+    return out
+
+
+def _mean(x: torch.Tensor) -> float | None:
+    return float(x.float().mean()) if x.numel() else None
+
+
+def edit_metrics(pre: dict[str, Any], post: dict[str, Any]) -> dict[str, float | None]:
+    rw, para, nb = post["rewrite"], post["paraphrase"], post["neighborhood"]
+    return {
+        "final_prob": float(rw["p_new"][0]),
+        "pre_prob": float(pre["rewrite"]["p_new"][0]),
+        "true_prob": float(rw["p_true"][0]),
+        "efficacy": float(rw["lp_new"][0] > rw["lp_true"][0]),
+        "paraphrase": _mean(para["lp_new"] > para["lp_true"]),
+        "paraphrase_prob": _mean(para["p_new"]),
+        "specificity": _mean(nb["lp_true"] > nb["lp_new"]),
+        "neighborhood_drop": _mean(pre["neighborhood"]["p_true"] - nb["p_true"]),
+    }
+
+
+def stability_metrics(trajectory: dict[str, list[float]], opt_final_prob: float) -> dict[str, float]:
+    """peak, end-of-optimisation probability, rebound = peak − end, and loss oscillation
+    (total upward variation of the loss divided by the initial loss; 0 for a monotone descent)."""
+    probs = list(trajectory["prob"]) + [opt_final_prob]
+    peak = max(probs)
+    loss = trajectory["loss"]
+    ups = sum(max(0.0, b - a) for a, b in zip(loss, loss[1:]))
+    return {
+        "peak_prob": peak,
+        "peak_step": probs.index(peak),
+        "opt_final_prob": opt_final_prob,
+        "rebound": peak - opt_final_prob,
+        "oscillation": ups / loss[0] if loss and loss[0] > 0 else 0.0,
+        "final_loss": loss[-1] if loss else float("nan"),
+    }
