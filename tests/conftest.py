@@ -57,7 +57,7 @@ FAMILIES = ["gpt2", "gptj", "gpt_neox", "llama", "qwen2", "mistral", "glm", "glm
 def tiny_config(model_type: str, vocab_size: int):
     import transformers as tf
 
-    common = dict(vocab_size=vocab_size, tie_word_embeddings=False)
+    common = dict(vocab_size=vocab_size, tie_word_embeddings=False, pad_token_id=0, bos_token_id=2, eos_token_id=3)
     llama_like = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,
                       num_key_value_heads=2, head_dim=16, max_position_embeddings=128, **common)
     return {

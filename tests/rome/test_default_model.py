@@ -39,6 +39,8 @@ def test_large_weight_decay_and_lr_rebound(default_model, facts):
     """The failure the tuner exists for: a peak, then a fall of the target probability."""
     cfg = StudyConfig.load(ROOT / "studies/default.yaml")
     editor = default_model.editor(progress=False)
-    hp = cfg.base_hparams.replace(v_lr=1.0, v_weight_decay=100.0, v_num_grad_steps=40)
-    rebounds = [editor.edit(f, hp).metrics["rebound"] for f in facts[:8]]
-    assert max(rebounds) > 0.1
+    hp = cfg.base_hparams.replace(layer=0, v_lr=2.0, v_weight_decay=3.0, v_num_grad_steps=40)
+    metrics = [editor.edit(f, hp).metrics for f in facts[:8]]
+    worst = max(metrics, key=lambda m: m["rebound"])
+    assert worst["rebound"] > 0.2  # measured: 0.35 (peak then fall)
+    assert worst["peak_step"] < 40 and worst["opt_final_prob"] < worst["peak_prob"] - 0.2

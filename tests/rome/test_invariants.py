@@ -104,11 +104,11 @@ def test_layer_out_of_range_is_a_config_error(tiny_editor, facts):
         ed.edit(facts[0], HP.replace(layer=99))
 
 
-def test_subject_not_in_prompt_is_an_edit_error(tiny_editor, facts):
-    ed = tiny_editor("llama")
-    bad = dataclasses.replace(facts[0], subject="Nobody Atall")
+def test_subject_not_in_prompt_is_an_edit_error(tiny_tok):
+    from tuner.rome.tokens import subject_token_index
+
     with pytest.raises(EditError, match="not found in prompt"):
-        ed.edit(bad, HP)
+        subject_token_index(tiny_tok, "Someone Else speaks the language", "Nobody Atall", "subject_last")
 
 
 def test_unknown_architecture_is_named():

@@ -68,7 +68,13 @@ def parse_record(rec: Any, index: int) -> Fact:
     prompt, subject = rw.get("prompt"), rw.get("subject")
     if not isinstance(subject, str) or not subject.strip():
         raise FactError(f"{where}: subject missing or empty")
-    if not isinstance(prompt, str) or prompt.count("{}") != 1:
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise FactError(f"{where}: prompt missing or empty")
+    if "{}" not in prompt and subject in prompt:
+        prompt = prompt.replace(subject, "{}", 1)  # a prompt given with the subject filled in
+    if prompt.count("{}") != 1:
+        if "{}" not in prompt:
+            raise FactError(f"{where}: subject {subject!r} not in prompt {prompt!r} (and no '{{}}' placeholder)")
         raise FactError(f"{where}: prompt must contain exactly one '{{}}' for the subject, got {prompt!r}")
     new, true = _text(rw.get("target_new")), _text(rw.get("target_true"))
     if not new.strip():
