@@ -1,2 +1,92 @@
-def add_parsers(sub):
-    pass
+"""``tuner launch``, ``tuner worker`` and ``tuner status`` argument parsers and entry points."""
+
+from __future__ import annotations
+
+import argparse
+
+from tuner.cli.main import DEFAULT_CONFIG
+
+STORAGE_HELP = "Optuna storage URL (default: $TUNER_STORAGE, else sqlite:///storage/tuner.db)"
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("launch", help="create or resume a study and run it with local workers",
+                       description="Create (or resume) a study and run local workers until the budget "
+                                   "of finished trials is met, across all workers on all machines.")
+    p.add_argument("--config", default=DEFAULT_CONFIG, help="study YAML (default: %(default)s)")
+    p.add_argument("--trials", type=int, help="trial budget (default: the study's `trials`)")
+    p.add_argument("--study", help="study name (default: the YAML's `name`)")
+    p.add_argument("--storage", help=STORAGE_HELP)
+    p.add_argument("--workers", default="auto", help="local workers: a number, or auto = one per visible GPU, else 1")
+    p.add_argument("--create-only", action="store_true", help="create the study (and tables) and exit")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(run="tuner.cli.study_commands:launch")
+
+    w = sub.add_parser("worker", help="join an existing study and run trials until its budget is met")
+    w.add_argument("--study", required=True, help="study name")
+    w.add_argument("--storage", help=STORAGE_HELP)
+    w.add_argument("--device", help="cpu, cuda, cuda:1 (default: the study's, else auto)")
+    w.add_argument("--threads", type=int, help="CPU threads for torch")
+    w.add_argument("--quiet", action="store_true", help="log warnings only (used by launch)")
+    w.set_defaults(run="tuner.cli.study_commands:worker")
+
+    s = sub.add_parser("status", help="counts by state, best trial and workers of a study")
+    s.add_argument("--study", help="study name (default: list the studies)")
+    s.add_argument("--storage", help=STORAGE_HELP)
+    s.set_defaults(run="tuner.cli.study_commands:status")
+
+
+def launch(args: argparse.Namespace) -> int:
+    from tuner.study.launch import launch as run_launch
+
+    return run_launch(args.config, trials=args.trials, study_name=args.study, url=args.storage,
+                      workers=args.workers, create_only=args.create_only, progress=not args.no_progress)
+
+
+def worker(args: argparse.Namespace) -> int:
+    import logging
+
+    from tuner.study.worker import run_worker
+
+    if args.quiet:
+        logging.getLogger().setLevel(logging.WARNING)
+    run_worker(args.storage, args.study, device=args.device, threads=args.threads, quiet=args.quiet)
+    return 0
+
+
+def status(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    import optuna
+
+    from tuner.study.export import best_trial
+    from tuner.study.setup import load_existing
+    from tuner.study.storage import make_storage, redact, resolve_url, study_names
+    from tuner.study.worker import budget_of, count_trials
+
+    url = resolve_url(args.storage)
+    storage = make_storage(url, heartbeat=False)
+    if not args.study:
+        names = study_names(storage)
+        print(f"studies in {redact(url)}: {', '.join(names) if names else 'none'}")
+        return 0
+    study, cfg = load_existing(storage, url, args.study)
+    c = count_trials(study)
+    print(f"study {args.study!r} in {redact(url)}")
+    print(f"budget {budget_of(study)}: {c.finished} finished ({c.complete} complete, {c.pruned} pruned), "
+          f"{c.running} running, {c.waiting} waiting, {c.failed} failed")
+    if c.complete:
+        t = best_trial(study)
+        print(f"best trial #{t.number}: value {', '.join(f'{v:.4f}' for v in t.values)}  params {t.params}")
+    base = study.user_attrs.get("baseline")
+    if base:
+        print(f"textbook baseline: value {base['score']:.4f}")
+    workers = Counter()
+    for t in study.get_trials(deepcopy=False):
+        w = t.user_attrs.get("worker")
+        if w:
+            workers[(w["host"], w["pid"], w["device"])] += 1
+    for (host, pid, device), n in sorted(workers.items()):
+        print(f"worker {host} pid {pid} on {device}: {n} trials")
+    _ = optuna  # imported for its logging side effects via make_storage
+    return 0

@@ -67,7 +67,11 @@ def _read_corpus(path: Path) -> list[str]:
 
 def load_model(cfg: StudyConfig, *, device: str | None = None, progress: bool = True) -> LoadedModel:
     import torch  # noqa: F401  (heavy import kept local)
+    import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not progress:
+        transformers.utils.logging.disable_progress_bar()
 
     spec = cfg.model
     dev = pick_device(device or spec.device)

@@ -1,0 +1,170 @@
+"""``tuner launch``: create or resume a study, start local workers, show one progress bar, and
+export the best hyperparameters when the global budget is met.
+
+Workers are separate processes (``tuner worker``) so a crash or OOM in one cannot take the
+launcher down; workers on other machines join with the same storage URL and study name."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from tuner.config import StudyConfig
+from tuner.errors import ConfigError, TunerError
+from tuner.study.storage import ENV, make_storage, redact, resolve_url
+
+log = logging.getLogger(__name__)
+
+
+def plan_workers(workers: str) -> list[dict[str, str]]:
+    """One dict of env/args per local worker: auto = one per visible GPU, else one CPU worker."""
+    gpus: list[str] = []
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        gpus = [g.strip() for g in visible.split(",") if g.strip() and g.strip() != "-1"]
+    else:
+        try:
+            import torch
+
+            gpus = [str(i) for i in range(torch.cuda.device_count())]
+        except Exception:
+            gpus = []
+    if workers == "auto":
+        n = max(1, len(gpus))
+    else:
+        try:
+            n = int(workers)
+        except ValueError:
+            raise ConfigError(f"--workers must be a number or 'auto', got {workers!r}") from None
+        if n < 1:
+            raise ConfigError(f"--workers must be >= 1, got {n}")
+    if gpus:
+        return [{"CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)], "device": "cuda"} for i in range(n)]
+    threads = max(1, (os.cpu_count() or 1) // n)
+    return [{"device": "cpu", "threads": str(threads)} for _ in range(n)]
+
+
+def _spawn(name: str, url: str, plan: dict[str, str]) -> subprocess.Popen:
+    env = {**os.environ, ENV: url}  # the URL (and its password) travels by env, not by argv
+    if "CUDA_VISIBLE_DEVICES" in plan:
+        env["CUDA_VISIBLE_DEVICES"] = plan["CUDA_VISIBLE_DEVICES"]
+    cmd = [sys.executable, "-m", "tuner", "worker", "--study", name, "--device", plan["device"], "--quiet"]
+    if "threads" in plan:
+        cmd += ["--threads", plan["threads"]]
+    return subprocess.Popen(cmd, env=env)
+
+
+def _postfix(study: Any, counts: Any) -> str:
+    best = "-"
+    if counts.complete and len(study.directions) == 1:
+        try:
+            best = f"{study.best_value:.4f}"
+        except ValueError:
+            pass
+    return f"running={counts.running} pruned={counts.pruned} failed={counts.failed} best={best}"
+
+
+def _stop(procs: list[subprocess.Popen], timeout: float = 60) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+    deadline = time.time() + timeout
+    for p in procs:
+        try:
+            p.wait(max(0.1, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def launch(config: str, *, trials: int | None, study_name: str | None, url: str | None, workers: str,
+           create_only: bool = False, progress: bool = True) -> int:
+    from tuner.study.setup import create_or_resume, model_depth, validated_space
+    from tuner.study.worker import count_trials
+
+    cfg = StudyConfig.load(config)
+    name = study_name or cfg.name
+    budget = trials if trials is not None else cfg.trials
+    if budget < 1:
+        raise ConfigError(f"--trials must be >= 1, got {budget}")
+    url = resolve_url(url)
+    validated_space(cfg)  # before any row is written
+    plans = plan_workers(workers)
+    storage = make_storage(url)
+    study, created = create_or_resume(storage, url, cfg, name, budget)
+    counts = count_trials(study)
+    log.info("%s study %r in %s: %d/%d finished", "created" if created else "resuming", name, redact(url),
+             counts.finished, budget)
+    if create_only:
+        return 0
+    if cfg.model.name == "default":  # train once here, not in every worker at the same time
+        from tuner.models.build import BuildSpec, build
+
+        build(BuildSpec(arch=cfg.model.arch, kb=str(cfg.resolve(cfg.model.kb)),
+                        edits=str(cfg.resolve(cfg.facts.path))), progress=progress)
+    procs: list[subprocess.Popen] = []
+    bar = tqdm(total=budget, initial=min(counts.finished, budget), desc=f"study {name}", unit="trial",
+               disable=not progress, dynamic_ncols=True)
+    try:
+        if counts.waiting or counts.finished + counts.running < budget:
+            procs = [_spawn(name, url, p) for p in plans]
+        while any(p.poll() is None for p in procs):
+            time.sleep(1.0)
+            counts = count_trials(study)
+            bar.n = min(counts.finished, budget)
+            bar.set_postfix_str(_postfix(study, counts), refresh=False)
+            bar.refresh()
+    except KeyboardInterrupt:
+        bar.close()
+        print("\ninterrupted: stopping workers (their running trials are marked failed) ...", file=sys.stderr)
+        _stop(procs)
+        print(f"stopped; rerun the same command to resume study {name!r}", file=sys.stderr)
+        return 130
+    counts = count_trials(study)
+    bar.n = min(counts.finished, budget)
+    bar.set_postfix_str(_postfix(study, counts))
+    bar.close()
+    bad = [p.returncode for p in procs if p.returncode not in (0, None)]
+    if bad and counts.finished < budget:
+        raise TunerError(f"{len(bad)} worker(s) exited with errors (codes {bad}) before the budget was met; "
+                         "see their messages above")
+    summarize(study, cfg, n_layers=model_depth(cfg))
+    return 0
+
+
+def summarize(study: Any, cfg: StudyConfig, *, n_layers: int | None) -> tuple[Path, Path] | None:
+    from tuner.study.export import best_trial, export_best
+    from tuner.study.worker import count_trials
+
+    counts = count_trials(study)
+    print(f"study {study.study_name!r}: {counts.complete} complete, {counts.pruned} pruned, "
+          f"{counts.failed} failed")
+    if not counts.complete:
+        print("no completed trial: nothing to export")
+        return None
+    trial = best_trial(study)
+    values = ", ".join(f"{v:.4f}" for v in trial.values)
+    print(f"best trial #{trial.number}: value {values}")
+    mean = trial.user_attrs.get("mean", {})
+    if mean:
+        print(f"  mean final_prob {mean['final_prob']:.4f}  rebound {mean['rebound']:.4f}  "
+              f"efficacy {mean['efficacy']:.2f}  specificity {mean['specificity']:.2f}")
+    for k, v in trial.params.items():
+        print(f"  {k:<20} {v:.5g}" if isinstance(v, float) else f"  {k:<20} {v}")
+    base = study.user_attrs.get("baseline")
+    if base:
+        print(f"ROME textbook defaults (layer {base['hparams']['layer']}, v_lr {base['hparams']['v_lr']}, "
+              f"v_weight_decay {base['hparams']['v_weight_decay']}, {base['hparams']['v_num_grad_steps']} steps) "
+              f"on the same facts: value {base['score']:.4f} (final_prob {base['final_prob']:.4f}, "
+              f"rebound {base['rebound']:.4f})")
+    paths = export_best(study, cfg, n_layers=n_layers)
+    print(f"wrote {paths[0]}\nwrote {paths[1]}")
+    return paths

@@ -1,0 +1,115 @@
+"""One trial: edit the study's K facts with the suggested hyperparameters and score them.
+
+    score(fact) = final_prob − λ·rebound  [+ w_p·paraphrase_prob + w_n·(specificity − 1)]
+
+``final_prob`` is P(new target | rewrite prompt) in the *edited* model; ``rebound`` is
+peak − end of the optimisation trajectory. The trial value is the mean over facts; the running
+mean is reported after each fact so the pruner can stop a hopeless trial early. Everything
+needed to reproduce the trial lands in its user attributes."""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import time
+from typing import Any
+
+from tuner.config import StudyConfig
+from tuner.errors import EditError
+from tuner.facts.schema import Fact
+from tuner.study.space import Knob, suggest
+
+KEEP = ("final_prob", "pre_prob", "true_prob", "efficacy", "paraphrase", "paraphrase_prob", "specificity",
+        "neighborhood_drop", "peak_prob", "peak_step", "opt_final_prob", "rebound", "oscillation", "final_loss")
+
+
+def fact_score(m: dict[str, Any], cfg: StudyConfig) -> float:
+    obj = cfg.objective
+    s = m["final_prob"] - obj.rebound_penalty * m["rebound"]
+    if obj.paraphrase_weight and m["paraphrase_prob"] is not None:
+        s += obj.paraphrase_weight * m["paraphrase_prob"]
+    if obj.neighborhood_weight and m["specificity"] is not None:
+        s += obj.neighborhood_weight * (m["specificity"] - 1.0)
+    return s
+
+
+def _r(x: Any) -> Any:
+    return round(x, 5) if isinstance(x, float) else x
+
+
+class Objective:
+    def __init__(self, cfg: StudyConfig, editor: Any, facts: list[Fact], knobs: list[Knob],
+                 fixed: dict[str, Any], *, fingerprint: str, device: str) -> None:
+        self.cfg, self.editor, self.facts = cfg, editor, facts
+        self.knobs, self.fixed = knobs, fixed
+        self.fingerprint, self.device = fingerprint, device
+        self.worker = {"host": socket.gethostname(), "pid": os.getpid(), "device": device}
+
+    def __call__(self, trial: Any) -> float | tuple[float, float]:
+        import optuna
+
+        hp = suggest(trial, self.knobs, self.fixed, self.cfg.base_hparams)
+        trial.set_user_attr("worker", self.worker)
+        trial.set_user_attr("hparams", hp.to_dict())
+        trial.set_user_attr("fingerprint", self.fingerprint)
+        trial.set_user_attr("facts", [f.case_id for f in self.facts])
+        per_fact, trajectories, scores = [], [], []
+        t0 = time.perf_counter()
+        try:
+            for i, fact in enumerate(self.facts):
+                t_fact = time.perf_counter()
+                result = self.editor.edit(fact, hp)
+                m = {k: _r(result.metrics[k]) for k in KEEP}
+                m["case_id"] = fact.case_id
+                m["seconds"] = round(time.perf_counter() - t_fact, 4)
+                m["compute_seconds"] = round(sum(result.timings.values()), 4)
+                if not math.isfinite(result.metrics["final_prob"]):
+                    raise EditError(f"non-finite probability on fact {fact.case_id}")
+                per_fact.append(m)
+                trajectories.append({"prob": [round(p, 4) for p in result.trajectory["prob"]],
+                                     "loss": [round(v, 4) for v in result.trajectory["loss"]]})
+                scores.append(fact_score(result.metrics, self.cfg))
+                running = sum(scores) / len(scores)
+                if not self.cfg.objective.multi_objective:
+                    trial.report(running, step=i)
+                    if trial.should_prune():
+                        raise optuna.TrialPruned(f"running mean {running:.4f} after {i + 1} facts")
+        except BaseException as exc:
+            if not isinstance(exc, optuna.TrialPruned):
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                if "out of memory" in reason.lower():
+                    reason = f"out of memory: {reason}"
+                trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {reason}"[:500])
+            raise
+        finally:
+            trial.set_user_attr("per_fact", per_fact)
+            trial.set_user_attr("trajectory", trajectories)
+            trial.set_user_attr("seconds", round(time.perf_counter() - t0, 3))
+            trial.set_user_attr("compute_seconds", round(sum(m["compute_seconds"] for m in per_fact), 3))
+            if per_fact:
+                n = len(per_fact)
+                trial.set_user_attr("mean", {k: _r(sum(m[k] or 0.0 for m in per_fact) / n) for k in
+                                             ("final_prob", "rebound", "peak_prob", "efficacy", "specificity",
+                                              "paraphrase", "oscillation", "final_loss")})
+        if self.cfg.objective.multi_objective:
+            n = len(per_fact)
+            eff = sum(m["final_prob"] - self.cfg.objective.rebound_penalty * m["rebound"] for m in per_fact) / n
+            spec = sum((m["specificity"] if m["specificity"] is not None else 1.0) for m in per_fact) / n
+            return eff, spec
+        return sum(scores) / len(scores)
+
+
+def select_facts(cfg: StudyConfig) -> list[Fact]:
+    """The study's fixed, seeded subset of K facts (the same for every trial and worker)."""
+    import random
+
+    from tuner.errors import ConfigError
+    from tuner.facts.schema import load_facts
+
+    facts = load_facts(cfg.resolve(cfg.facts.path))
+    k = cfg.facts.per_trial
+    if k > len(facts):
+        raise ConfigError(f"facts.per_trial {k} exceeds the {len(facts)} facts in {cfg.facts.path}")
+    idx = random.Random(cfg.facts.seed).sample(range(len(facts)), k)
+    return [facts[i] for i in idx]

@@ -1,0 +1,116 @@
+"""``tuner worker``: join a study, load the model once, run trials until the global budget is met.
+
+A trial starts only while finished (complete + pruned) + running < budget, counted across every
+worker on every machine, or when a retried trial is waiting. Killed workers' trials are failed
+by heartbeat and re-enqueued (``RetryFailedTrialCallback``)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from tuner.errors import TunerError
+
+log = logging.getLogger(__name__)
+MAX_CONSECUTIVE_FAILURES = 5
+
+
+@dataclass
+class Counts:
+    complete: int = 0
+    pruned: int = 0
+    running: int = 0
+    waiting: int = 0
+    failed: int = 0
+
+    @property
+    def finished(self) -> int:
+        return self.complete + self.pruned
+
+
+def count_trials(study: Any) -> Counts:
+    from optuna.trial import TrialState
+
+    c = Counts()
+    for t in study.get_trials(deepcopy=False):
+        if t.state == TrialState.COMPLETE:
+            c.complete += 1
+        elif t.state == TrialState.PRUNED:
+            c.pruned += 1
+        elif t.state == TrialState.RUNNING:
+            c.running += 1
+        elif t.state == TrialState.WAITING:
+            c.waiting += 1
+        elif t.state == TrialState.FAIL:
+            c.failed += 1
+    return c
+
+
+def budget_of(study: Any) -> int:
+    return int(study.user_attrs.get("budget", 0))
+
+
+def ensure_baseline(study: Any, cfg: Any, editor: Any, facts: list) -> None:
+    """ROME's textbook hyperparameters on the same facts: what every study is compared with."""
+    if "baseline" in study.user_attrs:
+        return
+    from tuner.rome.hparams import textbook
+    from tuner.study.objective import fact_score
+
+    hp = textbook(editor.n_layers, cfg.base_hparams)
+    metrics = [editor.edit(f, hp).metrics for f in facts]
+    n = len(metrics)
+    study.set_user_attr("baseline", {
+        "hparams": hp.to_dict(),
+        "score": sum(fact_score(m, cfg) for m in metrics) / n,
+        "final_prob": sum(m["final_prob"] for m in metrics) / n,
+        "rebound": sum(m["rebound"] for m in metrics) / n,
+        "efficacy": sum(m["efficacy"] for m in metrics) / n,
+    })
+
+
+def run_worker(url: str | None, name: str, *, device: str | None = None, threads: int | None = None,
+               quiet: bool = False) -> int:
+    import optuna
+    import torch
+
+    from tuner.models.load import load_model
+    from tuner.study.objective import Objective, select_facts
+    from tuner.study.setup import load_existing, make_pruner, make_sampler, validated_space
+    from tuner.study.storage import make_storage, resolve_url
+
+    if threads:
+        torch.set_num_threads(threads)
+    url = resolve_url(url)
+    storage = make_storage(url)
+    _, cfg = load_existing(storage, url, name)
+    knobs, fixed = validated_space(cfg)
+    facts = select_facts(cfg)
+    loaded = load_model(cfg, device=device, progress=not quiet)
+    editor = loaded.editor(progress=not quiet)
+    # Each worker gets its own sampler seed; the first trials are enqueued (seeded) at creation.
+    study = optuna.load_study(study_name=name, storage=storage,
+                              sampler=make_sampler(cfg, seed=cfg.seed + os.getpid()), pruner=make_pruner(cfg))
+    ensure_baseline(study, cfg, editor, facts)
+    objective = Objective(cfg, editor, facts, knobs, fixed, fingerprint=loaded.fingerprint, device=loaded.device)
+    log.info("worker %d on %s joined study %r (%d facts per trial)", os.getpid(), loaded.device, name, len(facts))
+    ran, failures = 0, 0
+    while True:
+        counts = count_trials(study)
+        if counts.waiting == 0 and counts.finished + counts.running >= budget_of(study):
+            break
+        before = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)))
+        study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False)
+        ran += 1
+        last = study.get_trials(deepcopy=False)[-1] if study.get_trials(deepcopy=False) else None
+        if len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))) > before:
+            failures += 1
+            if failures >= MAX_CONSECUTIVE_FAILURES:
+                reason = last.user_attrs.get("fail_reason", "see the trial's attributes") if last else ""
+                raise TunerError(f"{failures} trials in a row failed; last reason: {reason}")
+        else:
+            failures = 0
+    log.info("worker %d done: ran %d trials", os.getpid(), ran)
+    return ran
