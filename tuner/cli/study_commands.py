@@ -28,6 +28,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     w.add_argument("--device", help="cpu, cuda, cuda:1 (default: the study's, else auto)")
     w.add_argument("--threads", type=int, help="CPU threads for torch")
     w.add_argument("--quiet", action="store_true", help="log warnings only (used by launch)")
+    w.add_argument("--sampler-seed-offset", type=int, help="sampler seed = study seed + this (default: the pid)")
     w.set_defaults(run="tuner.cli.study_commands:worker")
 
     s = sub.add_parser("status", help="counts by state, best trial and workers of a study")
@@ -50,7 +51,8 @@ def worker(args: argparse.Namespace) -> int:
 
     if args.quiet:
         logging.getLogger().setLevel(logging.WARNING)
-    run_worker(args.storage, args.study, device=args.device, threads=args.threads, quiet=args.quiet)
+    run_worker(args.storage, args.study, device=args.device, threads=args.threads, quiet=args.quiet,
+               seed_offset=args.sampler_seed_offset)
     return 0
 
 

@@ -52,11 +52,12 @@ def plan_workers(workers: str) -> list[dict[str, str]]:
     return [{"device": "cpu", "threads": str(threads)} for _ in range(n)]
 
 
-def _spawn(name: str, url: str, plan: dict[str, str]) -> subprocess.Popen:
+def _spawn(name: str, url: str, plan: dict[str, str], index: int) -> subprocess.Popen:
     env = {**os.environ, ENV: url}  # the URL (and its password) travels by env, not by argv
     if "CUDA_VISIBLE_DEVICES" in plan:
         env["CUDA_VISIBLE_DEVICES"] = plan["CUDA_VISIBLE_DEVICES"]
-    cmd = [sys.executable, "-m", "tuner", "worker", "--study", name, "--device", plan["device"], "--quiet"]
+    cmd = [sys.executable, "-m", "tuner", "worker", "--study", name, "--device", plan["device"], "--quiet",
+           "--sampler-seed-offset", str(index)]
     if "threads" in plan:
         cmd += ["--threads", plan["threads"]]
     return subprocess.Popen(cmd, env=env)
@@ -115,7 +116,7 @@ def launch(config: str, *, trials: int | None, study_name: str | None, url: str 
                disable=not progress, dynamic_ncols=True)
     try:
         if counts.waiting or counts.finished + counts.running < budget:
-            procs = [_spawn(name, url, p) for p in plans]
+            procs = [_spawn(name, url, p, i) for i, p in enumerate(plans)]
         while any(p.poll() is None for p in procs):
             time.sleep(1.0)
             counts = count_trials(study)

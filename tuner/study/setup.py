@@ -80,11 +80,12 @@ def metric_names(cfg: StudyConfig) -> list[str]:
     return ["score"]
 
 
-def startup_params(cfg: StudyConfig, knobs: list[Knob]) -> list[dict[str, Any]]:
-    """The first trials: seeded random draws, identical whatever the number of workers."""
+def startup_params(cfg: StudyConfig, knobs: list[Knob], budget: int) -> list[dict[str, Any]]:
+    """The first trials: seeded random draws, identical whatever the number of workers. At most a
+    fifth of the budget, so retried trials (queued behind them) still run within it."""
     rng = random.Random(cfg.seed)
     out = []
-    for _ in range(N_STARTUP if knobs else 0):
+    for _ in range(min(N_STARTUP, max(1, budget // 5)) if knobs else 0):
         params: dict[str, Any] = {}
         for k in knobs:
             if k.kind == "categorical":
@@ -123,7 +124,7 @@ def create_or_resume(storage: Any, url: str, cfg: StudyConfig, name: str, budget
         study.set_user_attr("config", json.loads(json.dumps(cfg.to_dict())))
         study.set_user_attr("config_hash", config_hash(cfg))
         study.set_user_attr("budget", budget)
-        for params in startup_params(cfg, knobs):
+        for params in startup_params(cfg, knobs, budget):
             study.enqueue_trial(params, skip_if_exists=False)
     except BaseException:
         optuna.delete_study(study_name=name, storage=storage)  # never leave a half-made study

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +16,7 @@ from tuner.errors import TunerError
 
 log = logging.getLogger(__name__)
 MAX_CONSECUTIVE_FAILURES = 5
+POLL_SECONDS = 1.0
 
 
 @dataclass
@@ -72,7 +74,7 @@ def ensure_baseline(study: Any, cfg: Any, editor: Any, facts: list) -> None:
 
 
 def run_worker(url: str | None, name: str, *, device: str | None = None, threads: int | None = None,
-               quiet: bool = False) -> int:
+               quiet: bool = False, seed_offset: int | None = None) -> int:
     import optuna
     import torch
 
@@ -90,25 +92,34 @@ def run_worker(url: str | None, name: str, *, device: str | None = None, threads
     facts = select_facts(cfg)
     loaded = load_model(cfg, device=device, progress=not quiet)
     editor = loaded.editor(progress=not quiet)
-    # Each worker gets its own sampler seed; the first trials are enqueued (seeded) at creation.
+    # Workers need distinct sampler seeds or they propose the same points. Launch numbers its
+    # workers (worker 0 uses the study seed, so one worker is fully reproducible); a worker
+    # started by hand falls back to its pid.
+    offset = os.getpid() if seed_offset is None else seed_offset
     study = optuna.load_study(study_name=name, storage=storage,
-                              sampler=make_sampler(cfg, seed=cfg.seed + os.getpid()), pruner=make_pruner(cfg))
+                              sampler=make_sampler(cfg, seed=cfg.seed + offset), pruner=make_pruner(cfg))
     ensure_baseline(study, cfg, editor, facts)
     objective = Objective(cfg, editor, facts, knobs, fixed, fingerprint=loaded.fingerprint, device=loaded.device)
     log.info("worker %d on %s joined study %r (%d facts per trial)", os.getpid(), loaded.device, name, len(facts))
     ran, failures = 0, 0
     while True:
+        optuna.storages.fail_stale_trials(study)  # a dead worker's trial → FAIL + a WAITING retry
         counts = count_trials(study)
-        if counts.waiting == 0 and counts.finished + counts.running >= budget_of(study):
+        if counts.finished >= budget_of(study):
             break
-        before = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)))
-        study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False)
+        if counts.waiting == 0 and counts.finished + counts.running >= budget_of(study):
+            # Other workers hold the rest of the budget. Wait: if one of them dies, its trial goes
+            # stale, is failed here and re-enqueued as WAITING, and this worker runs it.
+            time.sleep(POLL_SECONDS)
+            continue
+        done: list = []
+        study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False,
+                       callbacks=[lambda _study, trial: done.append(trial)])
         ran += 1
-        last = study.get_trials(deepcopy=False)[-1] if study.get_trials(deepcopy=False) else None
-        if len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))) > before:
+        if done and done[-1].state == optuna.trial.TrialState.FAIL:
             failures += 1
             if failures >= MAX_CONSECUTIVE_FAILURES:
-                reason = last.user_attrs.get("fail_reason", "see the trial's attributes") if last else ""
+                reason = done[-1].user_attrs.get("fail_reason", "see the trial attributes")
                 raise TunerError(f"{failures} trials in a row failed; last reason: {reason}")
         else:
             failures = 0

@@ -1,0 +1,71 @@
+"""A throw-away PostgreSQL 15 cluster for tests: initdb + pg_ctl in a temp dir, on loopback.
+
+initdb refuses to run as root, so as root the cluster is made and run by the ``postgres``
+system user (``runuser``); otherwise by the current user."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+PASSWORD = "s3cret-pw"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _as_owner(cmd: list[str]) -> list[str]:
+    if os.geteuid() == 0:
+        return ["runuser", "-u", "postgres", "--", *cmd]
+    return cmd
+
+
+@contextmanager
+def postgres_server() -> Iterator[str]:
+    """Yield a ``postgresql+psycopg://`` URL (with a password) to a fresh, empty database."""
+    if not shutil.which("initdb") or not shutil.which("pg_ctl"):
+        raise RuntimeError("PostgreSQL server binaries (initdb, pg_ctl) are not on PATH")
+    root = Path(tempfile.mkdtemp(prefix="tuner-pg-", dir="/tmp"))
+    data, sock = root / "data", root / "sock"
+    sock.mkdir()
+    pwfile = root / "pw"
+    pwfile.write_text(PASSWORD + "\n")
+    os.chmod(root, 0o755)
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres")
+        shutil.chown(sock, "postgres")
+        shutil.chown(pwfile, "postgres")
+    port = _free_port()
+    subprocess.run(_as_owner(["initdb", "-D", str(data), "-U", "tuner", "--auth=scram-sha-256",
+                              f"--pwfile={pwfile}", "-E", "UTF8"]), check=True, capture_output=True)
+    opts = f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c max_connections=60 -c fsync=off"
+    subprocess.run(_as_owner(["pg_ctl", "-D", str(data), "-o", opts, "-l", str(root / "log"), "-w", "start"]),
+                   check=True, capture_output=True)
+    try:
+        import psycopg
+
+        deadline = time.time() + 30
+        while True:
+            try:
+                with psycopg.connect(host="127.0.0.1", port=port, user="tuner", password=PASSWORD,
+                                     dbname="postgres", autocommit=True) as conn:
+                    conn.execute("CREATE DATABASE tuner_test")
+                break
+            except psycopg.OperationalError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.3)
+        yield f"postgresql+psycopg://tuner:{PASSWORD}@127.0.0.1:{port}/tuner_test"
+    finally:
+        subprocess.run(_as_owner(["pg_ctl", "-D", str(data), "-m", "immediate", "stop"]), capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
