@@ -31,6 +31,23 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     w.add_argument("--sampler-seed-offset", type=int, help="sampler seed = study seed + this (default: the pid)")
     w.set_defaults(run="tuner.cli.study_commands:worker")
 
+    r = sub.add_parser("report", help="write the HTML report of a study and refresh its dashboard figures")
+    r.add_argument("--study", required=True, help="study name")
+    r.add_argument("--storage", help=STORAGE_HELP)
+    r.add_argument("--out", help="output directory (default: storage/reports/<study>)")
+    r.add_argument("--x", help="first hyperparameter of the loss surface (default: layer)")
+    r.add_argument("--y", help="second hyperparameter of the loss surface (default: v_lr)")
+    r.add_argument("--metric", default="value", choices=["value", "final_prob", "rebound", "final_loss"],
+                   help="what the surface shows first (default: the objective)")
+    r.add_argument("--top-k", type=int, default=3, help="trajectories of the top-k trials besides best/median/worst")
+    r.set_defaults(run="tuner.cli.study_commands:report")
+
+    d = sub.add_parser("dashboard", help="serve optuna-dashboard on the study storage")
+    d.add_argument("--storage", help=STORAGE_HELP)
+    d.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
+    d.add_argument("--port", type=int, default=8080)
+    d.set_defaults(run="tuner.cli.study_commands:dashboard")
+
     s = sub.add_parser("status", help="counts by state, best trial and workers of a study")
     s.add_argument("--study", help="study name (default: list the studies)")
     s.add_argument("--storage", help=STORAGE_HELP)
@@ -91,4 +108,30 @@ def status(args: argparse.Namespace) -> int:
     for (host, pid, device), n in sorted(workers.items()):
         print(f"worker {host} pid {pid} on {device}: {n} trials")
     _ = optuna  # imported for its logging side effects via make_storage
+    return 0
+
+
+def report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tuner.paths import storage_root
+    from tuner.report.html import write_report
+    from tuner.study.setup import load_existing
+    from tuner.study.storage import make_storage, resolve_url
+
+    url = resolve_url(args.storage)
+    study, cfg = load_existing(make_storage(url, heartbeat=False), url, args.study)
+    out = Path(args.out) if args.out else storage_root() / "reports" / args.study
+    path = write_report(study, cfg, out, x=args.x, y=args.y, metric=args.metric, top_k=args.top_k)
+    print(f"wrote {path}")
+    return 0
+
+
+def dashboard(args: argparse.Namespace) -> int:
+    from tuner.report.dashboard import serve
+    from tuner.study.storage import redact, resolve_url
+
+    url = resolve_url(args.storage)
+    print(f"optuna-dashboard on {redact(url)}: http://{args.host}:{args.port}/  (Ctrl-C stops)", flush=True)
+    serve(url, args.host, args.port)
     return 0

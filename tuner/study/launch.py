@@ -168,4 +168,9 @@ def summarize(study: Any, cfg: StudyConfig, *, n_layers: int | None) -> tuple[Pa
               f"rebound {base['rebound']:.4f})")
     paths = export_best(study, cfg, n_layers=n_layers)
     print(f"wrote {paths[0]}\nwrote {paths[1]}")
+    from tuner.paths import storage_root
+    from tuner.report.html import write_report
+
+    page = write_report(study, cfg, storage_root() / "reports" / study.study_name)
+    print(f"wrote {page} (figures also stored in the study for optuna-dashboard)")
     return paths

@@ -88,6 +88,11 @@ class Objective:
             trial.set_user_attr("seconds", round(time.perf_counter() - t0, 3))
             trial.set_user_attr("compute_seconds", round(sum(m["compute_seconds"] for m in per_fact), 3))
             if per_fact:
+                from optuna_dashboard import save_note
+
+                from tuner.report.dashboard import trial_note
+
+                save_note(trial, trial_note(per_fact, hp.to_dict()))
                 n = len(per_fact)
                 trial.set_user_attr("mean", {k: _r(sum(m[k] or 0.0 for m in per_fact) / n) for k in
                                              ("final_prob", "rebound", "peak_prob", "efficacy", "specificity",

@@ -1,0 +1,152 @@
+"""The ROME-specific figures (custom Plotly) and the ones Optuna already draws."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tuner.report.records import Row, complete
+
+
+def _empty(title: str, message: str) -> Any:
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    fig.update_layout(title=title, xaxis=dict(visible=False), yaxis=dict(visible=False))
+    fig.add_annotation(text=message, showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5, font=dict(size=16))
+    return fig
+
+
+def pick_trials(rows: list[Row], top_k: int = 3) -> list[tuple[str, Row]]:
+    """best, median, worst (by objective) and the next top-k, without repeats."""
+    done = sorted(complete(rows), key=lambda r: r.value, reverse=True)
+    if not done:
+        return []
+    chosen = [("best", done[0]), ("median", done[len(done) // 2]), ("worst", done[-1])]
+    chosen += [(f"top {i + 1}", r) for i, r in enumerate(done[1 : 1 + top_k])]
+    seen, out = set(), []
+    for label, r in chosen:
+        if r.number not in seen:
+            seen.add(r.number)
+            out.append((label, r))
+    return out
+
+
+def trajectories(rows: list[Row], top_k: int = 3) -> Any:
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    chosen = [(label, r) for label, r in pick_trials(rows, top_k) if r.trajectory]
+    title = "Optimisation trajectories of v*: target probability and loss per step (mean over the trial's facts)"
+    if not chosen:
+        return _empty(title, "no completed trial with a trajectory yet")
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
+                        subplot_titles=("P(new target) during optimisation", "loss (NLL + KL + decay)"))
+    palette = ["#1f77b4", "#7f7f7f", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"]
+    for i, (label, r) in enumerate(chosen):
+        color = palette[i % len(palette)]
+        prob, loss = r.mean_curve("prob"), r.mean_curve("loss")
+        name = f"{label}: trial {r.number} (value {r.value:.3f})"
+        fig.add_trace(go.Scatter(y=prob, mode="lines", name=name, line=dict(color=color), legendgroup=name), 1, 1)
+        fig.add_trace(go.Scatter(y=loss, mode="lines", name=name, line=dict(color=color), legendgroup=name,
+                                 showlegend=False), 2, 1)
+        if prob:
+            peak = max(range(len(prob)), key=prob.__getitem__)
+            fig.add_trace(go.Scatter(x=[peak], y=[prob[peak]], mode="markers", marker=dict(symbol="star", size=11, color=color),
+                                     name=f"peak {prob[peak]:.3f}", legendgroup=name, showlegend=False,
+                                     hovertext=f"peak {prob[peak]:.3f} at step {peak}; end {prob[-1]:.3f}; "
+                                               f"rebound {prob[peak] - prob[-1]:.3f}"), 1, 1)
+            if prob[peak] - prob[-1] > 0.02:
+                fig.add_annotation(x=len(prob) - 1, y=prob[-1], ax=peak, ay=prob[peak], xref="x", yref="y",
+                                   axref="x", ayref="y", showarrow=True, arrowhead=2, arrowcolor=color,
+                                   text=f"rebound {prob[peak] - prob[-1]:.2f}", font=dict(color=color))
+    fig.update_yaxes(title_text="P(new)", range=[0, 1], row=1, col=1)
+    fig.update_yaxes(title_text="loss", type="log", row=2, col=1)
+    fig.update_xaxes(title_text="optimisation step", row=2, col=1)
+    fig.update_layout(title=title, height=700, legend=dict(orientation="h", y=-0.12))
+    return fig
+
+
+def rebound_map(rows: list[Row]) -> Any:
+    import plotly.graph_objects as go
+
+    pts = [r for r in complete(rows) if "rebound" in r.mean and "v_lr" in r.params]
+    title = "Rebound (peak − end of P(new)) vs v_lr and steps, coloured by layer"
+    if not pts:
+        return _empty(title, "no completed trial yet")
+    steps_key = "v_num_grad_steps"
+    fig = go.Figure(go.Scatter(
+        x=[r.params["v_lr"] for r in pts],
+        y=[r.params.get(steps_key, 0) for r in pts],
+        mode="markers",
+        marker=dict(size=[6 + 40 * r.mean["rebound"] for r in pts], color=[r.params.get("layer", 0) for r in pts],
+                    colorscale="Turbo", showscale=True, colorbar=dict(title=dict(text="layer")),
+                    line=dict(color="black", width=0.5)),
+        text=[f"trial {r.number}: rebound {r.mean['rebound']:.3f}, layer {r.params.get('layer')}" for r in pts],
+        hoverinfo="text", name="trials"))
+    fig.update_layout(title=title + " (marker size ∝ rebound)", xaxis_title="v_lr (log scale)",
+                      yaxis_title="v_num_grad_steps")
+    fig.update_xaxes(type="log")
+    return fig
+
+
+def worker_timeline(rows: list[Row]) -> Any:
+    import plotly.graph_objects as go
+
+    pts = [r for r in rows if r.start is not None and r.end is not None]
+    title = "Trials per worker over time (parallel bars = workers running at once)"
+    if not pts:
+        return _empty(title, "no finished trial yet")
+    colors = {"COMPLETE": "#2ca02c", "PRUNED": "#ff7f0e", "FAIL": "#d62728"}
+    fig = go.Figure()
+    for state, color in colors.items():
+        sel = [r for r in pts if r.state == state]
+        if not sel:
+            continue
+        fig.add_trace(go.Bar(
+            base=[r.start.isoformat() for r in sel],
+            x=[(r.end - r.start).total_seconds() * 1000 for r in sel],
+            y=[r.worker for r in sel], orientation="h", name=state.lower(), marker_color=color,
+            text=[f"trial {r.number}" for r in sel], hoverinfo="text+y"))
+    fig.update_layout(title=title, barmode="overlay", xaxis=dict(type="date", title="wall-clock time"),
+                      yaxis_title="worker (host:pid, device)")
+    return fig
+
+
+def importance(study: Any, rows: list[Row], target: str) -> Any:
+    """Parameter importances from Optuna's evaluators: PED-ANOVA, or fANOVA with scikit-learn."""
+    import optuna
+    import plotly.graph_objects as go
+
+    title = f"Hyperparameter importance for {'the objective' if target == 'value' else target}"
+    done = complete(rows)
+    if len(done) < 3 or len(study.directions) > 1 and target == "value":
+        return _empty(title, f"{len(done)} completed trial(s): importance needs at least 3")
+    try:
+        import sklearn  # noqa: F401
+
+        evaluator: Any = optuna.importance.FanovaImportanceEvaluator(seed=0)
+        name = "fANOVA"
+    except ImportError:
+        evaluator = optuna.importance.PedAnovaImportanceEvaluator()
+        name = "PED-ANOVA"
+    tgt = None if target == "value" else (lambda t: t.user_attrs.get("mean", {}).get(target, 0.0))
+    if len(study.directions) > 1 and tgt is None:
+        tgt = lambda t: t.values[0]  # noqa: E731
+    try:
+        imp = optuna.importance.get_param_importances(study, evaluator=evaluator, target=tgt)
+    except (RuntimeError, ValueError) as exc:
+        return _empty(title, f"importance unavailable: {str(exc).splitlines()[0]}")
+    names = list(imp)[::-1]
+    fig = go.Figure(go.Bar(x=[imp[n] for n in names], y=names, orientation="h", marker_color="#1f77b4"))
+    fig.update_layout(title=f"{title} ({name})", xaxis_title="importance (normalised)", yaxis_title="hyperparameter")
+    return fig
+
+
+def history(study: Any) -> Any:
+    import optuna
+
+    if len(study.directions) > 1:
+        return optuna.visualization.plot_pareto_front(study)
+    fig = optuna.visualization.plot_optimization_history(study, target_name="objective")
+    fig.update_layout(title="Optimisation history", xaxis_title="trial", yaxis_title="objective")
+    return fig

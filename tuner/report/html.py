@@ -1,0 +1,158 @@
+"""The self-contained report page: every figure, plotly.js embedded once, opens offline.
+
+    tuner report --study default            # storage/reports/default/index.html
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tuner.paths import atomic_write_text
+from tuner.report import figures
+from tuner.report.records import complete, rows
+from tuner.report.surface import surface_figures
+
+
+@dataclass
+class Report:
+    figures: dict[str, Any]  # id -> plotly Figure, in page order
+    summary_html: str
+    metric: str = "value"
+    path: Path | None = None
+
+
+def log_params(cfg: Any) -> set[str]:
+    return {name for name, spec in cfg.search.items() if isinstance(spec, dict) and spec.get("log")}
+
+
+def default_axes(cfg: Any) -> tuple[str, str]:
+    searched = [k for k, v in cfg.search.items() if isinstance(v, (dict, list))]
+    x = "layer" if "layer" in searched else (searched[0] if searched else "layer")
+    y = "v_lr" if "v_lr" in searched and x != "v_lr" else next((k for k in searched if k != x), "v_lr")
+    return x, y
+
+
+def build(study: Any, cfg: Any, *, x: str | None = None, y: str | None = None, metric: str = "value",
+          top_k: int = 3) -> Report:
+    rs = rows(study)
+    dx, dy = default_axes(cfg)
+    x, y = x or dx, y or dy
+    lp = log_params(cfg)
+    surf2d, surf3d = surface_figures(rs, x, y, metric, lp)
+    figs = {"loss-surface": surf2d}
+    # the same surface over the other metrics, selectable in the page
+    for other in ("value", "final_prob", "rebound", "final_loss"):
+        if other != metric:
+            figs[f"loss-surface-{other}"] = surface_figures(rs, x, y, other, lp)[0]
+    figs |= {
+        "loss-surface-3d": surf3d,
+        "trajectories": figures.trajectories(rs, top_k),
+        "rebound-map": figures.rebound_map(rs),
+        "importance-objective": figures.importance(study, rs, "value"),
+        "importance-rebound": figures.importance(study, rs, "rebound"),
+        "history": figures.history(study) if complete(rs) else figures._empty("Optimisation history", "no completed trial yet"),
+        "timeline": figures.worker_timeline(rs),
+    }
+    return Report(figs, summary(study, rs), metric)
+
+
+def summary(study: Any, rs: list) -> str:
+    counts: dict[str, int] = {}
+    for r in rs:
+        counts[r.state] = counts.get(r.state, 0) + 1
+    parts = [f"<p>Trials by state: {', '.join(f'{k.lower()} {v}' for k, v in sorted(counts.items())) or 'none'}.</p>"]
+    done = complete(rs)
+    if len(done) == 0:
+        failed = counts.get("FAIL", 0)
+        msg = "Only failed trials so far" if failed and len(rs) == failed else "No completed trial yet"
+        parts.append(f"<p class='warn'>{msg}: the figures fill in as trials complete.</p>")
+        return "\n".join(parts)
+    if len(done) == 1:
+        parts.append("<p class='warn'>Only one completed trial: surfaces and importances need more.</p>")
+    best = max(done, key=lambda r: r.value)
+    parts.append(f"<h3>Best trial #{best.number}: objective {best.value:.4f}</h3>")
+    parts.append("<table><tr><th>hyperparameter</th><th>value</th></tr>" + "".join(
+        f"<tr><td>{html.escape(k)}</td><td>{v:.5g}</td></tr>" if isinstance(v, float) else
+        f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>" for k, v in best.params.items()) + "</table>")
+    if best.per_fact:
+        cols = ["case_id", "final_prob", "pre_prob", "peak_prob", "rebound", "efficacy", "paraphrase", "specificity",
+                "oscillation", "seconds"]
+        head = "".join(f"<th>{c}</th>" for c in cols)
+        body = "".join("<tr>" + "".join(
+            f"<td>{m.get(c):.4g}</td>" if isinstance(m.get(c), float) else f"<td>{m.get(c)}</td>" for c in cols) + "</tr>"
+            for m in best.per_fact)
+        parts.append(f"<h3>Per-fact metrics of the best trial</h3><table><tr>{head}</tr>{body}</table>")
+    base = study.user_attrs.get("baseline")
+    if base:
+        parts.append(f"<p>ROME textbook hyperparameters on the same facts: objective {base['score']:.4f} "
+                     f"(final_prob {base['final_prob']:.4f}, rebound {base['rebound']:.4f}).</p>")
+    return "\n".join(parts)
+
+
+PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>rome-tuner report: {name}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }}
+table {{ border-collapse: collapse; margin: .5em 0 1em; }} td, th {{ border: 1px solid #ccc; padding: 3px 8px; text-align: right; }}
+.warn {{ color: #a60; font-weight: bold; }} section {{ margin-bottom: 2.5em; }} select {{ font-size: 1em; }}
+</style></head><body>
+<h1>rome-tuner report: study “{name}”</h1>
+<section id="summary"><h2>Summary</h2>{summary}</section>
+{sections}
+<script>
+function showSurface(id) {{
+  document.querySelectorAll('.surface-choice').forEach(function (d) {{ d.style.display = (d.id === id) ? 'block' : 'none'; }});
+  var el = document.getElementById(id).querySelector('.plotly-graph-div');
+  if (el && window.Plotly) {{ Plotly.Plots.resize(el); }}
+}}
+</script>
+</body></html>
+"""
+
+
+def write(report: Report, study_name: str, out_dir: Path) -> Path:
+    surfaces = [k for k in report.figures if k.startswith("loss-surface") and k != "loss-surface-3d"]
+    sections = []
+    for i, (fid, fig) in enumerate(report.figures.items()):
+        div = fig.to_html(full_html=False, include_plotlyjs=(i == 0), div_id=f"fig-{fid}",
+                          default_width="100%", default_height=fig.layout.height or 520)
+        if fid not in surfaces:
+            title = html.escape(fid.replace("-", " ").capitalize())
+            sections.append(f"<section id='{fid}'><h2>{title}</h2>{div}</section>")
+            continue
+        if fid == surfaces[0]:
+            options = "".join(f"<option value='choice-{s}'>{s.removeprefix('loss-surface-') if s != 'loss-surface' else report.metric}</option>"
+                              for s in surfaces)
+            sections.append("<section id='surface'><h2>Loss surface</h2><label>metric: "
+                            f"<select onchange='showSurface(this.value)'>{options}</select></label>")
+        hidden = "" if fid == surfaces[0] else " style='display:none'"
+        sections.append(f"<div class='surface-choice' id='choice-{fid}'{hidden}>{div}</div>")
+        if fid == surfaces[-1]:
+            sections.append("</section>")
+    page = PAGE.format(name=html.escape(study_name), summary=report.summary_html, sections="\n".join(sections))
+    path = out_dir / "index.html"
+    atomic_write_text(path, page)
+    atomic_write_text(out_dir / "figures.json", json.dumps(list(report.figures)))
+    report.path = path
+    return path
+
+
+def write_report(study: Any, cfg: Any, out_dir: Path, *, x: str | None = None, y: str | None = None,
+                 metric: str = "value", top_k: int = 3) -> Path:
+    """Build the figures, write the page, and store the figures in the study for the dashboard."""
+    from tuner.errors import ConfigError
+    from tuner.report.dashboard import publish
+    from tuner.study.setup import metric_names
+    from tuner.study.space import SEARCHABLE
+
+    for axis in (x, y):
+        if axis is not None and axis not in SEARCHABLE:
+            raise ConfigError(f"--x/--y: unknown hyperparameter {axis!r}; choose from {', '.join(sorted(cfg.search))}")
+    report = build(study, cfg, x=x, y=y, metric=metric, top_k=top_k)
+    path = write(report, study.study_name, out_dir)
+    publish(study, report, metric_names(cfg))
+    return path

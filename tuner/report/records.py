@@ -1,0 +1,59 @@
+"""A study's trials as plain rows, the one place that reads trial attributes for the report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+METRICS = ("value", "final_prob", "rebound", "final_loss")
+
+
+@dataclass
+class Row:
+    number: int
+    state: str  # COMPLETE | PRUNED | FAIL | RUNNING | WAITING
+    value: float | None
+    params: dict[str, Any]
+    mean: dict[str, float]
+    trajectory: list[dict[str, list[float]]]
+    worker: str
+    start: datetime | None
+    end: datetime | None
+    per_fact: list[dict[str, Any]] = field(default_factory=list)
+
+    def metric(self, name: str) -> float | None:
+        if name == "value":
+            return self.value
+        return self.mean.get(name)
+
+    def mean_curve(self, key: str) -> list[float]:
+        """Per-step mean over facts of ``prob`` or ``loss`` (facts share the step count)."""
+        curves = [t[key] for t in self.trajectory if t.get(key)]
+        if not curves:
+            return []
+        n = min(len(c) for c in curves)
+        return [sum(c[i] for c in curves) / len(curves) for i in range(n)]
+
+
+def rows(study: Any) -> list[Row]:
+    out = []
+    for t in study.get_trials(deepcopy=False):
+        w = t.user_attrs.get("worker")
+        out.append(Row(
+            number=t.number,
+            state=t.state.name,
+            value=t.values[0] if t.values else None,
+            params=dict(t.params),
+            mean=dict(t.user_attrs.get("mean", {})),
+            trajectory=list(t.user_attrs.get("trajectory", [])),
+            worker=f"{w['host']}:{w['pid']} ({w['device']})" if w else "unknown",
+            start=t.datetime_start,
+            end=t.datetime_complete,
+            per_fact=list(t.user_attrs.get("per_fact", [])),
+        ))
+    return out
+
+
+def complete(rs: list[Row]) -> list[Row]:
+    return [r for r in rs if r.state == "COMPLETE" and r.value is not None]
