@@ -62,7 +62,7 @@ def non_blank(png: Path) -> tuple[int, float]:
 
     img = Image.open(png).convert("RGB")
     small = img.resize((img.width // 4, img.height // 4))
-    pixels = list(small.getdata())
+    pixels = list(small.get_flattened_data()) if hasattr(small, "get_flattened_data") else list(small.getdata())
     distinct = len(set(pixels))
     nonwhite = sum(1 for p in pixels if sum(p) < 720) / len(pixels)
     return distinct, nonwhite

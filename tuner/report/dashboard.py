@@ -13,9 +13,10 @@ PUBLISHED = ("loss-surface", "loss-surface-3d", "trajectories", "rebound-map", "
 
 def publish(study: Any, report: Any, names: list[str]) -> list[str]:
     """Save the ROME figures into the study (overwriting earlier versions) and name the objectives."""
-    from optuna_dashboard import save_plotly_graph_object, set_objective_names
+    from optuna_dashboard import save_plotly_graph_object
 
-    set_objective_names(study, names)
+    if list(study.metric_names or []) != names:
+        study.set_metric_names(names)
     ids = []
     for fid in PUBLISHED:
         if fid in report.figures:

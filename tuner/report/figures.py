@@ -106,7 +106,7 @@ def worker_timeline(rows: list[Row]) -> Any:
             base=[r.start.isoformat() for r in sel],
             x=[(r.end - r.start).total_seconds() * 1000 for r in sel],
             y=[r.worker for r in sel], orientation="h", name=state.lower(), marker_color=color,
-            text=[f"trial {r.number}" for r in sel], hoverinfo="text+y"))
+            hovertext=[f"trial {r.number}" for r in sel], hoverinfo="text+y", textposition="none"))
     fig.update_layout(title=title, barmode="overlay", xaxis=dict(type="date", title="wall-clock time"),
                       yaxis_title="worker (host:pid, device)")
     return fig
@@ -132,8 +132,14 @@ def importance(study: Any, rows: list[Row], target: str) -> Any:
     tgt = None if target == "value" else (lambda t: t.user_attrs.get("mean", {}).get(target, 0.0))
     if len(study.directions) > 1 and tgt is None:
         tgt = lambda t: t.values[0]  # noqa: E731
+    import warnings
+
     try:
-        imp = optuna.importance.get_param_importances(study, evaluator=evaluator, target=tgt)
+        with warnings.catch_warnings():
+            # PED-ANOVA ranks parameters by how they reach *low* target values: for rebound that is
+            # exactly the question ("what keeps rebound low"); the objective passes no target.
+            warnings.simplefilter("ignore", UserWarning)
+            imp = optuna.importance.get_param_importances(study, evaluator=evaluator, target=tgt)
     except (RuntimeError, ValueError) as exc:
         return _empty(title, f"importance unavailable: {str(exc).splitlines()[0]}")
     names = list(imp)[::-1]

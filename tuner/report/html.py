@@ -68,7 +68,7 @@ def summary(study: Any, rs: list) -> str:
     done = complete(rs)
     if len(done) == 0:
         failed = counts.get("FAIL", 0)
-        msg = "Only failed trials so far" if failed and len(rs) == failed else "No completed trial yet"
+        msg = "Only failed trials so far" if failed and not counts.get("PRUNED") else "No completed trial yet"
         parts.append(f"<p class='warn'>{msg}: the figures fill in as trials complete.</p>")
         return "\n".join(parts)
     if len(done) == 1:
@@ -92,6 +92,16 @@ def summary(study: Any, rs: list) -> str:
                      f"(final_prob {base['final_prob']:.4f}, rebound {base['rebound']:.4f}).</p>")
     return "\n".join(parts)
 
+
+TITLES = {
+    "loss-surface-3d": "Loss surface (3-D)",
+    "trajectories": "Trajectories of the best, median, worst and top trials",
+    "rebound-map": "Rebound map",
+    "importance-objective": "Importance for the objective",
+    "importance-rebound": "Importance for rebound",
+    "history": "Optimisation history",
+    "timeline": "Trials per worker",
+}
 
 PAGE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>rome-tuner report: {name}</title>
@@ -121,7 +131,7 @@ def write(report: Report, study_name: str, out_dir: Path) -> Path:
         div = fig.to_html(full_html=False, include_plotlyjs=(i == 0), div_id=f"fig-{fid}",
                           default_width="100%", default_height=fig.layout.height or 520)
         if fid not in surfaces:
-            title = html.escape(fid.replace("-", " ").capitalize())
+            title = html.escape(TITLES.get(fid, fid.replace("-", " ").capitalize()))
             sections.append(f"<section id='{fid}'><h2>{title}</h2>{div}</section>")
             continue
         if fid == surfaces[0]:

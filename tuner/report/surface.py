@@ -13,6 +13,7 @@ import numpy as np
 
 from tuner.report.records import Row
 
+INT_AXES = {"layer"}
 STATE_MARKERS = {"COMPLETE": ("circle", "trial"), "PRUNED": ("x", "pruned"), "FAIL": ("diamond-open", "failed")}
 LABELS = {"value": "objective (final_prob − λ·rebound)", "final_prob": "final P(new)", "rebound": "rebound (peak − end)",
           "final_loss": "final loss"}
@@ -26,15 +27,20 @@ def _axis(values: list[Any], log: bool) -> tuple[np.ndarray, list[str] | None]:
     return (np.log10(arr) if log else arr), None
 
 
-def idw_grid(x: np.ndarray, y: np.ndarray, z: np.ndarray, n: int = 40, power: float = 2.0):
+def idw_grid(x: np.ndarray, y: np.ndarray, z: np.ndarray, n: int = 40, power: float = 2.0, k: int = 8):
+    """Inverse-distance weighting over the k nearest trials of each grid point (local, so a
+    region without trials does not take the global mean). Returns (grid_x, grid_y, Z (ny, nx))."""
     gx = np.linspace(x.min(), x.max(), n) if x.max() > x.min() else np.array([x.min()])
     gy = np.linspace(y.min(), y.max(), n) if y.max() > y.min() else np.array([y.min()])
     sx = (x.max() - x.min()) or 1.0
     sy = (y.max() - y.min()) or 1.0
     X, Y = np.meshgrid(gx, gy)  # (n, n)
     d2 = ((X[..., None] - x) / sx) ** 2 + ((Y[..., None] - y) / sy) ** 2  # (n, n, N)
-    w = 1.0 / np.maximum(d2, 1e-12) ** (power / 2)
-    Z = (w * z).sum(-1) / w.sum(-1)
+    k = min(k, len(z))
+    near = np.argpartition(d2, k - 1, axis=-1)[..., :k]  # (n, n, k)
+    d2k = np.take_along_axis(d2, near, axis=-1)
+    w = 1.0 / np.maximum(d2k, 1e-12) ** (power / 2)
+    Z = (w * z[near]).sum(-1) / w.sum(-1)
     return gx, gy, Z
 
 
@@ -70,10 +76,11 @@ def surface_figures(rows: list[Row], x: str, y: str, metric: str, log_params: se
                         line=dict(color="black", width=1)),
             text=[f"trial {r.number}: {metric}={r.metric(metric)}" for r in pts], hoverinfo="text"))
     fig2d.update_layout(title=title, xaxis_title=x, yaxis_title=y, legend=dict(orientation="h", y=-0.18))
-    if x in log_params:
-        fig2d.update_xaxes(type="log")
-    if y in log_params:
-        fig2d.update_yaxes(type="log")
+    for name, update in ((x, fig2d.update_xaxes), (y, fig2d.update_yaxes)):
+        if name in log_params:
+            update(type="log")
+        elif name in INT_AXES:
+            update(dtick=1)
     fig3d.update_layout(title=f"{title} (3-D)")
     if len(done) < 3:
         for fig in (fig2d, fig3d):
