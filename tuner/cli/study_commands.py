@@ -26,7 +26,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     w.add_argument("--study", required=True, help="study name")
     w.add_argument("--storage", help=STORAGE_HELP)
     w.add_argument("--device", help="cpu, cuda, cuda:1 (default: the study's, else auto)")
-    w.add_argument("--threads", type=int, help="CPU threads for torch")
+    w.add_argument("--threads", type=int, help="CPU threads for torch (default on CPU: 1, so several workers share the cores)")
     w.add_argument("--quiet", action="store_true", help="log warnings only (used by launch)")
     w.add_argument("--sampler-seed-offset", type=int, help="sampler seed = study seed + this (default: the pid)")
     w.set_defaults(run="tuner.cli.study_commands:worker")

@@ -83,14 +83,19 @@ def run_worker(url: str | None, name: str, *, device: str | None = None, threads
     from tuner.study.setup import load_existing, make_pruner, make_sampler, validated_space
     from tuner.study.storage import make_storage, resolve_url
 
-    if threads:
-        torch.set_num_threads(threads)
     url = resolve_url(url)
     storage = make_storage(url)
     _, cfg = load_existing(storage, url, name)
     knobs, fixed = validated_space(cfg)
     facts = select_facts(cfg)
     loaded = load_model(cfg, device=device, progress=not quiet)
+    if loaded.device == "cpu":
+        # Several CPU workers on one machine must not oversubscribe the cores: OpenMP threads
+        # spin-wait, and 2 workers × all cores ran ~10× slower than 2 × 1 thread here.
+        # `tuner launch` passes cores // workers; a worker started by hand defaults to 1.
+        torch.set_num_threads(threads or 1)
+    elif threads:
+        torch.set_num_threads(threads)
     editor = loaded.editor(progress=not quiet)
     # Workers need distinct sampler seeds or they propose the same points. Launch numbers its
     # workers (worker 0 uses the study seed, so one worker is fully reproducible); a worker
