@@ -86,6 +86,11 @@ def test_postgres_separate_worker_joins_and_budget_holds(tmp_path, small_study, 
         assert len(_pids(study)) == 2  # the separately started worker contributed
         for text in (create.stdout, create.stderr, launch.stdout, launch.stderr, out, err):
             assert PASSWORD not in text
+        # move the study to a SQLite file: same trials, same best value
+        sqlite = f"sqlite:///{tmp_path / 'copy.db'}"
+        copied = run_cli("copy", "--study", "small", "--from", url, "--to", sqlite, env=env)
+        assert copied.returncode == 0 and PASSWORD not in copied.stdout + copied.stderr
+        assert len(_study(sqlite).trials) == len(study.trials) and _study(sqlite).best_value == study.best_value
 
 
 def test_killed_worker_trial_is_retried(tmp_path, env):

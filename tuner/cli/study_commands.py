@@ -48,6 +48,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--port", type=int, default=8080)
     d.set_defaults(run="tuner.cli.study_commands:dashboard")
 
+    c = sub.add_parser("copy", help="copy a study between storages (e.g. SQLite → PostgreSQL)")
+    c.add_argument("--study", required=True, help="study name")
+    c.add_argument("--from", dest="src", required=True, help="source storage URL")
+    c.add_argument("--to", dest="dst", required=True, help="destination storage URL")
+    c.set_defaults(run="tuner.cli.study_commands:copy")
+
     s = sub.add_parser("status", help="counts by state, best trial and workers of a study")
     s.add_argument("--study", help="study name (default: list the studies)")
     s.add_argument("--storage", help=STORAGE_HELP)
@@ -134,4 +140,22 @@ def dashboard(args: argparse.Namespace) -> int:
     url = resolve_url(args.storage)
     print(f"optuna-dashboard on {redact(url)}: http://{args.host}:{args.port}/  (Ctrl-C stops)", flush=True)
     serve(url, args.host, args.port)
+    return 0
+
+
+def copy(args: argparse.Namespace) -> int:
+    import optuna
+
+    from tuner.errors import StudyError
+    from tuner.study.setup import load_existing
+    from tuner.study.storage import make_storage, redact, resolve_url, study_names
+
+    src, dst = resolve_url(args.src), resolve_url(args.dst)
+    load_existing(make_storage(src, heartbeat=False), src, args.study)  # exists and is a tuner study
+    target = make_storage(dst, heartbeat=False)
+    if args.study in study_names(target):
+        raise StudyError(f"study {args.study!r} already exists in {redact(dst)}")
+    optuna.copy_study(from_study_name=args.study, from_storage=make_storage(src, heartbeat=False),
+                      to_storage=target)
+    print(f"copied study {args.study!r}: {redact(src)} -> {redact(dst)}")
     return 0
