@@ -57,9 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_edit(sub)
     _add_model(sub)
-    from tuner.cli import study_commands
+    from tuner.cli import study_commands, trace
 
     study_commands.add_parsers(sub)
+    trace.add_parser(sub, DEFAULT_CONFIG)
     return parser
 
 

@@ -20,6 +20,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", default="auto", help="local workers: a number, or auto = one per visible GPU, else 1")
     p.add_argument("--create-only", action="store_true", help="create the study (and tables) and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--seed-from-trace", action="store_true",
+                   help="causal-trace the facts first and start the search at the top MLP layers")
     p.set_defaults(run="tuner.cli.study_commands:launch")
 
     w = sub.add_parser("worker", help="join an existing study and run trials until its budget is met")
@@ -64,7 +66,8 @@ def launch(args: argparse.Namespace) -> int:
     from tuner.study.launch import launch as run_launch
 
     return run_launch(args.config, trials=args.trials, study_name=args.study, url=args.storage,
-                      workers=args.workers, create_only=args.create_only, progress=not args.no_progress)
+                      workers=args.workers, create_only=args.create_only, progress=not args.no_progress,
+                      seed_from_trace=args.seed_from_trace)
 
 
 def worker(args: argparse.Namespace) -> int:

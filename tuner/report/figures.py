@@ -156,3 +156,59 @@ def history(study: Any) -> Any:
     fig = optuna.visualization.plot_optimization_history(study, target_name="objective")
     fig.update_layout(title="Optimisation history", xaxis_title="trial", yaxis_title="objective")
     return fig
+
+
+def trace_heatmaps(trace: Any) -> Any:
+    """One fact: P(answer) with each site restored, layers × tokens, for state / MLP / attention."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    labels = [f"{t}*" if trace.subject_first <= i <= trace.subject_last else t for i, t in enumerate(trace.tokens)]
+    labels = [f"{i}:{t}" for i, t in enumerate(labels)]
+    titles = ("hidden state restored", "MLP window restored", "attention window restored")
+    fig = make_subplots(rows=1, cols=3, subplot_titles=titles, horizontal_spacing=0.06)
+    for col, kind in enumerate(("state", "mlp", "attn"), start=1):
+        z = trace.scores[kind]
+        fig.add_trace(go.Heatmap(z=z, x=labels, y=list(range(len(z))), zmin=0, zmax=max(trace.clean_prob, 1e-6),
+                                 colorscale=["white", ["#6a3d9a", "#33a02c", "#e31a1c"][col - 1]],
+                                 colorbar=dict(title=dict(text="P(answer)"), x=0.29 + 0.355 * (col - 1), len=0.9)),
+                      1, col)
+        fig.update_xaxes(title_text="token (* = subject)", tickangle=-45, row=1, col=col)
+        fig.update_yaxes(title_text="layer", dtick=1, row=1, col=col)
+    fig.update_layout(title=f"Causal trace of {trace.prompt!r} → {trace.answer!r} "
+                            f"(clean {trace.clean_prob:.3f}, corrupted {trace.corrupt_prob:.3f})", height=480)
+    return fig
+
+
+def trace_summary(effects: dict[str, list[float]], n_facts: int) -> Any:
+    """Average indirect effect at the subject's last token: layers × {state, mlp, attn}."""
+    import plotly.graph_objects as go
+
+    kinds = ["state", "mlp", "attn"]
+    z = [[effects[k][layer] for k in kinds] for layer in range(len(effects["state"]))]
+    fig = go.Figure(go.Heatmap(z=z, x=["hidden state", "MLP", "attention"], y=list(range(len(z))),
+                               colorscale="Purples", colorbar=dict(title=dict(text="indirect effect"))))
+    fig.update_layout(title=f"Average indirect effect at the subject's last token ({n_facts} facts)",
+                      xaxis_title="restored site", yaxis_title="layer", yaxis=dict(dtick=1))
+    return fig
+
+
+def trace_vs_search(effects: dict[str, list[float]], rows: list[Row]) -> Any:
+    """Did localisation predict the best edit layer? MLP effect per layer next to the best
+    objective the search reached at that layer."""
+    import plotly.graph_objects as go
+
+    n = len(effects["mlp"])
+    best = []
+    for layer in range(n):
+        vals = [r.value for r in complete(rows) if r.params.get("layer") == layer]
+        best.append(max(vals) if vals else None)
+    fig = go.Figure()
+    fig.add_trace(go.Bar(x=list(range(n)), y=effects["mlp"], name="MLP indirect effect (trace)", marker_color="#33a02c"))
+    fig.add_trace(go.Scatter(x=list(range(n)), y=best, name="best objective at this layer (search)", mode="lines+markers",
+                             yaxis="y2", line=dict(color="#1f77b4")))
+    fig.update_layout(title="Causal trace vs. search: does localisation predict the best edit layer?",
+                      xaxis=dict(title="layer", dtick=1), yaxis=dict(title="indirect effect"),
+                      yaxis2=dict(title="best objective", overlaying="y", side="right"),
+                      legend=dict(orientation="h", y=-0.2))
+    return fig

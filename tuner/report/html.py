@@ -57,6 +57,10 @@ def build(study: Any, cfg: Any, *, x: str | None = None, y: str | None = None, m
         "history": figures.history(study) if complete(rs) else figures._empty("Optimisation history", "no completed trial yet"),
         "timeline": figures.worker_timeline(rs),
     }
+    trace = study.user_attrs.get("trace")
+    if trace:
+        figs["trace-vs-search"] = figures.trace_vs_search(trace["effects"], rs)
+        figs["trace-summary"] = figures.trace_summary(trace["effects"], trace["traced"])
     return Report(figs, summary(study, rs), metric)
 
 
@@ -101,6 +105,8 @@ TITLES = {
     "importance-rebound": "Importance for rebound",
     "history": "Optimisation history",
     "timeline": "Trials per worker",
+    "trace-vs-search": "Causal trace vs. search",
+    "trace-summary": "Causal trace: average indirect effect",
 }
 
 PAGE = """<!DOCTYPE html>

@@ -87,7 +87,7 @@ def _stop(procs: list[subprocess.Popen], timeout: float = 60) -> None:
 
 
 def launch(config: str, *, trials: int | None, study_name: str | None, url: str | None, workers: str,
-           create_only: bool = False, progress: bool = True) -> int:
+           create_only: bool = False, progress: bool = True, seed_from_trace: bool = False) -> int:
     from tuner.study.setup import create_or_resume, model_depth, validated_space
     from tuner.study.worker import count_trials
 
@@ -100,7 +100,18 @@ def launch(config: str, *, trials: int | None, study_name: str | None, url: str 
     validated_space(cfg)  # before any row is written
     plans = plan_workers(workers)
     storage = make_storage(url)
-    study, created = create_or_resume(storage, url, cfg, name, budget)
+    trace = None
+    if seed_from_trace:
+        from tuner.study.storage import study_names
+
+        if name not in study_names(storage):  # seeding only matters when the study is created
+            from tuner.cli.trace import run_trace
+
+            trace = run_trace(cfg, facts=max(10, cfg.facts.per_trial), noise=3.0, samples=10, window=None,
+                              seed=cfg.seed, progress=progress)
+            log.info("causal trace: top MLP layers %s (%d facts traced in %.1fs)", trace["top_mlp_layers"],
+                     trace["traced"], trace["seconds"])
+    study, created = create_or_resume(storage, url, cfg, name, budget, trace=trace)
     counts = count_trials(study)
     log.info("%s study %r in %s: %d/%d finished", "created" if created else "resuming", name, redact(url),
              counts.finished, budget)

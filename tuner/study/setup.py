@@ -80,7 +80,8 @@ def metric_names(cfg: StudyConfig) -> list[str]:
     return ["score"]
 
 
-def startup_params(cfg: StudyConfig, knobs: list[Knob], budget: int) -> list[dict[str, Any]]:
+def startup_params(cfg: StudyConfig, knobs: list[Knob], budget: int,
+                   layer_seeds: list[int] | None = None) -> list[dict[str, Any]]:
     """The first trials: seeded random draws, identical whatever the number of workers. At most a
     fifth of the budget, so retried trials (queued behind them) still run within it."""
     rng = random.Random(cfg.seed)
@@ -97,11 +98,14 @@ def startup_params(cfg: StudyConfig, knobs: list[Knob], budget: int) -> list[dic
                 params[k.name] = int(round(v)) if k.kind == "int" else v
             else:
                 params[k.name] = rng.randint(int(k.low), int(k.high)) if k.kind == "int" else rng.uniform(k.low, k.high)
+        if layer_seeds and "layer" in params:  # causal-trace seeding: start at the top MLP layers
+            params["layer"] = layer_seeds[len(out) % len(layer_seeds)]
         out.append(params)
     return out
 
 
-def create_or_resume(storage: Any, url: str, cfg: StudyConfig, name: str, budget: int) -> tuple[Any, bool]:
+def create_or_resume(storage: Any, url: str, cfg: StudyConfig, name: str, budget: int,
+                     trace: dict[str, Any] | None = None, top_k: int = 2) -> tuple[Any, bool]:
     """(study, created). Refuses to resume a study made from a different config."""
     import optuna
 
@@ -124,7 +128,14 @@ def create_or_resume(storage: Any, url: str, cfg: StudyConfig, name: str, budget
         study.set_user_attr("config", json.loads(json.dumps(cfg.to_dict())))
         study.set_user_attr("config_hash", config_hash(cfg))
         study.set_user_attr("budget", budget)
-        for params in startup_params(cfg, knobs, budget):
+        seeds = None
+        if trace is not None:
+            layer_knob = next((k for k in knobs if k.name == "layer"), None)
+            if layer_knob is not None:
+                seeds = [l for l in trace["top_mlp_layers"] if layer_knob.low <= l <= layer_knob.high][:top_k]
+            study.set_user_attr("trace", {**{k: trace[k] for k in ("effects", "top_mlp_layers", "traced", "noise")},
+                                          "seeded_layers": seeds or []})
+        for params in startup_params(cfg, knobs, budget, seeds):
             study.enqueue_trial(params, skip_if_exists=False)
     except BaseException:
         optuna.delete_study(study_name=name, storage=storage)  # never leave a half-made study
