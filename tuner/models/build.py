@@ -71,16 +71,19 @@ VERIFY_HPARAMS = dict(v_num_grad_steps=60, v_lr=0.5, v_weight_decay=1e-3, kl_fac
                       clamp_norm_factor=12.0, mom2_adjustment=True)
 
 
-def make_tokenizer(sentences: list[str]) -> Any:
+def make_tokenizer(sentences: list[str], prefix: tuple[str, ...] = ("<s>",)) -> Any:
+    """Word-level tokenizer over the corpus; ``prefix`` tokens start every encoded text (BOS, or
+    ChatGLM's ``[gMASK] <sop>``)."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors, decoders
     from transformers import PreTrainedTokenizerFast
 
-    specials = ["<pad>", "<unk>", "<s>", "</s>"]
+    specials = ["<pad>", "<unk>", "<s>", "</s>", *[p for p in prefix if p != "<s>"]]
     words = sorted({w for s in sentences for w in s.split()} | {"The", "a", "is", "."})
     vocab = {t: i for i, t in enumerate(specials + words)}
     tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.Whitespace()  # words and punctuation apart
-    tk.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", vocab["<s>"])])
+    tk.post_processor = processors.TemplateProcessing(single=" ".join([*prefix, "$A"]),
+                                                      special_tokens=[(p, vocab[p]) for p in prefix])
     tk.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
     # Left padding on purpose: the engine must index rows correctly whichever side pads.
     return PreTrainedTokenizerFast(
@@ -118,16 +121,18 @@ def accuracy(model: Any, tok: Any, pairs: list[tuple[str, str]], batch_size: int
     return hits / len(pairs)
 
 
-def train(spec: BuildSpec, kb: dict[str, Any], *, progress: bool = True) -> tuple[Any, Any, list[str], dict[str, Any]]:
+def train(spec: BuildSpec, kb: dict[str, Any], *, progress: bool = True, model: Any = None,
+          tok: Any = None) -> tuple[Any, Any, list[str], dict[str, Any]]:
+    """Train ``model`` (default: a fresh ``spec.arch`` model) on the knowledge base's corpus."""
     import transformers as tf
     from tuner.rome.tokens import encode, make_batch
 
     torch.manual_seed(spec.seed)
     rng = random.Random(spec.seed)
     sentences = corpus_mod.fact_sentences(kb)
-    tok = make_tokenizer(sentences)
-    config = make_config(spec, len(tok), tok)
-    model = tf.AutoModelForCausalLM.from_config(config, attn_implementation="eager")
+    tok = tok or make_tokenizer(sentences)
+    if model is None:
+        model = tf.AutoModelForCausalLM.from_config(make_config(spec, len(tok), tok), attn_implementation="eager")
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=0.01, betas=(0.9, 0.98))
     probes = corpus_mod.probes(kb)

@@ -97,14 +97,30 @@ def load_model(cfg: StudyConfig, *, device: str | None = None, progress: bool = 
             source = spec.name  # a model id: only the local HF cache is consulted
             fingerprint = hashlib.sha256(spec.name.encode()).hexdigest()[:16]
         corpus = cfg.resolve(spec.stats_corpus) if spec.stats_corpus else None
+    from tuner.models.remote_compat import load_remote, needs_remote_code, probe_seq_first
+
+    remote = isinstance(source, Path) and needs_remote_code(source)
+    if remote and not trust:
+        raise ConfigError(f"model {spec.name!r} ships its own modeling code (auto_map in config.json); "
+                          "set model.trust_remote_code: true in the study YAML to run it")
     try:
         tok = AutoTokenizer.from_pretrained(source, trust_remote_code=trust, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=trust,
-                                                     local_files_only=True)
+        if remote:
+            model, _ = load_remote(Path(source), dtype=dtype)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=trust,
+                                                         local_files_only=True)
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TunerError(f"cannot load model {spec.name!r}: {first}") from None
     model.to(dev)
     adapter = detect_adapter(model.config, family=spec.family, overrides=spec.adapter or None)
+    if spec.name != "default":
+        # Layout from what the model returns, not only from its family's name.
+        seq_first = probe_seq_first(model, tok, adapter.rewrite.format(0))
+        if seq_first != adapter.seq_first:
+            log.info("probe: %s is %s-first; overriding the %s adapter", adapter.rewrite.format(0),
+                     "sequence" if seq_first else "batch", adapter.family)
+            adapter = adapter.with_overrides({"seq_first": seq_first})
     stats = _read_corpus(corpus) if corpus is not None else []
     return LoadedModel(model, tok, adapter, fingerprint, stats, str(spec.name), dev)

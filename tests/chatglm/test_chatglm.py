@@ -1,0 +1,149 @@
+"""A ChatGLM3-interface model (tests/chatglm/*.py, loaded through trust_remote_code from a temp
+directory) edited by the same engine: compatibility fixes, layout, invariants, success rate."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+
+import pytest
+import torch
+import yaml
+
+from tests.conftest import ROOT, run_cli
+
+HERE = ROOT / "tests" / "chatglm"
+SIZE = dict(num_layers=4, hidden_size=128, ffn_hidden_size=512, kv_channels=32, num_attention_heads=4,
+            multi_query_group_num=1, seq_length=128)
+
+
+@pytest.fixture(scope="module")
+def chatglm_dir(tmp_path_factory, kb):
+    """Train the ChatGLM-style model briefly on the fact corpus and save it as a checkpoint
+    directory with auto_map, its own code, a left-padding [gMASK] <sop> tokenizer and weights."""
+    import sys
+
+    from safetensors.torch import save_file
+
+    from tuner.models.build import BuildSpec, make_tokenizer, train
+    from tuner.models.corpus import fact_sentences
+
+    sys.path.insert(0, str(HERE))
+    try:
+        from configuration_chatglm import ChatGLMConfig
+        from modeling_chatglm import ChatGLMForConditionalGeneration, RMSNorm
+    finally:
+        sys.path.remove(str(HERE))
+    tok = make_tokenizer(fact_sentences(kb), prefix=("[gMASK]", "<sop>"))
+    config = ChatGLMConfig(padded_vocab_size=len(tok), pad_token_id=tok.pad_token_id, **SIZE)
+    config.max_length, config.use_cache = 128, False  # what the upstream code reads, for building it here
+    torch.manual_seed(0)
+    model = ChatGLMForConditionalGeneration(config)
+    for m in model.modules():
+        if isinstance(m, RMSNorm):
+            torch.nn.init.ones_(m.weight)  # upstream leaves them torch.empty
+    model, tok, docs, info = train(BuildSpec(seed=0), kb, model=model, tok=tok, progress=False)
+    out = tmp_path_factory.mktemp("chatglm3-tiny")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
+    saved = ChatGLMConfig(padded_vocab_size=len(tok), pad_token_id=tok.pad_token_id, **SIZE).to_dict()
+    saved.pop("max_length", None), saved.pop("use_cache", None)
+    saved.update(architectures=["ChatGLMForConditionalGeneration"], auto_map={
+        "AutoConfig": "configuration_chatglm.ChatGLMConfig",
+        "AutoModel": "modeling_chatglm.ChatGLMForConditionalGeneration",
+        "AutoModelForCausalLM": "modeling_chatglm.ChatGLMForConditionalGeneration"})
+    (out / "config.json").write_text(json.dumps(saved, indent=1))
+    for f in ("configuration_chatglm.py", "modeling_chatglm.py"):
+        shutil.copy(HERE / f, out / f)
+    tok.save_pretrained(out)
+    (out / "corpus.txt").write_text("\n".join(docs) + "\n")
+    assert info["accuracy"] >= 0.95, info
+    return out
+
+
+def _study(tmp_path, model_dir, trust=True):
+    data = {"name": "glm-tiny", "model": {"name": str(model_dir), "trust_remote_code": trust,
+                                           "stats_corpus": str(model_dir / "corpus.txt")},
+            "facts": {"path": str(ROOT / "studies/facts/synthetic_edits.json")}}
+    path = tmp_path / "glm.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture(scope="module")
+def loaded(chatglm_dir, tmp_path_factory):
+    from tuner.config import StudyConfig
+    from tuner.models.load import load_model
+
+    return load_model(StudyConfig.load(_study(tmp_path_factory.mktemp("cfg"), chatglm_dir)), device="cpu",
+                      progress=False)
+
+
+def test_loads_through_the_compatibility_path(chatglm_dir, loaded):
+    from tuner.models.remote_compat import load_remote
+
+    assert type(loaded.model).__name__ == "ChatGLMForConditionalGeneration"
+    assert loaded.adapter.family == "chatglm" and loaded.adapter.seq_first
+    assert loaded.tok.padding_side == "left"
+    assert loaded.tok.convert_ids_to_tokens(loaded.tok("x")["input_ids"])[:2] == ["[gMASK]", "<sop>"]
+    _, fixes = load_remote(chatglm_dir, dtype=torch.float32)
+    assert any("max_length" in f for f in fixes) and any("use_cache" in f for f in fixes)
+    assert any("post_init" in f for f in fixes)
+    assert "max_length" not in json.loads((chatglm_dir / "config.json").read_text())  # user files untouched
+
+
+def test_remote_code_needs_explicit_opt_in(chatglm_dir, tmp_path):
+    proc = run_cli("edit", "--config", str(_study(tmp_path, chatglm_dir, trust=False)))
+    assert proc.returncode == 2 and "set model.trust_remote_code: true" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_invariants_hold(loaded, facts):
+    from tuner.rome.compute_k import module_io_at
+    from tuner.rome.hparams import ROMEHyperParams
+
+    ed = loaded.editor(progress=False)
+    hp = ROMEHyperParams(layer=1, v_num_grad_steps=8, mom2_n_samples=2000)
+    before = {k: v.clone() for k, v in ed.model.state_dict().items()}
+    fact = facts[0]
+    with ed.applied(fact, hp) as plan:
+        _, out = module_io_at(ed.model, ed.tok, ed.adapter, 1, [fact.rewrite_prompt], fact.subject, "subject_last")
+        assert (out[0] - plan.v_star).norm() / plan.v_star.norm() < 1e-4
+    assert all(torch.equal(before[k], v) for k, v in ed.model.state_dict().items())
+
+
+def test_left_padded_batch_equals_one_at_a_time(loaded, facts):
+    from tuner.rome.compute_k import module_io_at
+    from tuner.rome.hparams import ROMEHyperParams
+
+    ed = loaded.editor(progress=False)
+    fact = facts[5]
+    prompts = [fact.rewrite_prompt, "By profession , Someone Else is a pilot . " + fact.rewrite_prompt]
+    batched, _ = module_io_at(ed.model, ed.tok, ed.adapter, 2, prompts, fact.subject, "subject_last")
+    for i, p in enumerate(prompts):
+        alone, _ = module_io_at(ed.model, ed.tok, ed.adapter, 2, [p], fact.subject, "subject_last")
+        assert torch.allclose(batched[i], alone[0], atol=1e-4)
+    hp = ROMEHyperParams(layer=1, v_num_grad_steps=6, mom2_adjustment=False)
+    left = ed.plan(fact, hp).v_star
+    right_ed = type(ed)(ed.model, ed.tok, dataclasses.replace(ed.adapter, padding_side="right"),
+                        fingerprint=ed.fingerprint, stats_texts=ed.stats_texts, stats_root=ed.stats_root, progress=False)
+    assert torch.allclose(left, right_ed.plan(fact, hp).v_star, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_edit_success_comparable_to_llama_layout(loaded, default_model, facts):
+    from tuner.models.build import VERIFY_HPARAMS
+    from tuner.rome.hparams import ROMEHyperParams
+
+    def best_layer_efficacy(lm) -> tuple[float, list[float]]:
+        ed = lm.editor(progress=False)
+        per_layer = []
+        for layer in range(lm.n_layers):
+            hp = ROMEHyperParams(layer=layer, **VERIFY_HPARAMS)
+            per_layer.append(sum(ed.edit(f, hp).metrics["efficacy"] for f in facts[:10]) / 10)
+        return max(per_layer), per_layer
+
+    glm, glm_layers = best_layer_efficacy(loaded)
+    llama, llama_layers = best_layer_efficacy(default_model)
+    print(f"efficacy per layer: chatglm-style {glm_layers}, llama {llama_layers}")
+    assert glm >= 0.5 and glm >= llama - 0.3
