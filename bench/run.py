@@ -19,9 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, default_study, shared_home  # noqa: E402
 
 
 def run_study(cfg: Path, trials: int, workers: int, home: Path, tag: str) -> tuple[float, str]:
@@ -32,16 +31,6 @@ def run_study(cfg: Path, trials: int, workers: int, home: Path, tag: str) -> tup
                     "--workers", str(workers), "--storage", url, "--study", tag, "--no-progress"],
                    cwd=ROOT, env=env, check=True, capture_output=True)
     return time.perf_counter() - t0, url
-
-
-def study_config(tmp: Path, pruner: str) -> Path:
-    data = yaml.safe_load((ROOT / "studies/default.yaml").read_text())
-    data["model"]["kb"] = str(ROOT / "studies/facts/synthetic_kb.json")
-    data["facts"]["path"] = str(ROOT / "studies/facts/synthetic_edits.json")
-    data["pruner"] = pruner
-    path = tmp / f"bench-{pruner}.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
 
 
 def overhead(url: str, tag: str) -> tuple[float, float, float]:
@@ -61,12 +50,10 @@ def main() -> None:
     ap.add_argument("--study-trials", type=int, default=60, help="trials of the pruning comparison (default 60)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
-        home = Path(d)
-        for sub in ("models", "stats"):  # share the deterministic caches
-            (ROOT / "storage" / sub).mkdir(parents=True, exist_ok=True)
-            os.symlink(ROOT / "storage" / sub, home / sub)
+        home = shared_home(Path(d))
         subprocess.run([sys.executable, "-m", "tuner", "model", "build"], cwd=ROOT, check=True, capture_output=True)
-        median, none = study_config(home, "median"), study_config(home, "none")
+        median = default_study(home / "median.yaml", pruner="median")
+        none = default_study(home / "none.yaml", pruner="none")
         t1, _ = run_study(none, args.trials, 1, home, "w1")
         t2, url2 = run_study(none, args.trials, 2, home, "w2")
         per_trial, per_compute, ratio = overhead(url2, "w2")

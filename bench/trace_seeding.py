@@ -16,9 +16,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-import yaml
-
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, default_study, shared_home  # noqa: E402
 
 
 def run(cfg: Path, home: Path, tag: str, trials: int, seeded: bool) -> list[float]:
@@ -49,17 +48,9 @@ def main() -> None:
     args = ap.parse_args()
     print(f"{'seed':>4} {'best plain':>11} {'best seeded':>12} {'plain: trials to 90%':>21} {'seeded: trials to 90%':>22}")
     with tempfile.TemporaryDirectory() as d:
-        home = Path(d)
-        for sub in ("models", "stats"):
-            (ROOT / "storage" / sub).mkdir(parents=True, exist_ok=True)
-            os.symlink(ROOT / "storage" / sub, home / sub)
+        home = shared_home(Path(d))
         for seed in range(args.seeds):
-            data = yaml.safe_load((ROOT / "studies/default.yaml").read_text())
-            data["seed"] = seed
-            data["model"]["kb"] = str(ROOT / "studies/facts/synthetic_kb.json")
-            data["facts"]["path"] = str(ROOT / "studies/facts/synthetic_edits.json")
-            cfg = home / f"seed{seed}.yaml"
-            cfg.write_text(yaml.safe_dump(data))
+            cfg = default_study(home / f"seed{seed}.yaml", seed=seed)
             plain = run(cfg, home, f"plain{seed}", args.trials, False)
             seeded = run(cfg, home, f"seeded{seed}", args.trials, True)
             target = 0.9 * max(plain[-1], seeded[-1])

@@ -20,6 +20,15 @@ def run_cli(*args: str, cwd: Path = ROOT, env: dict | None = None, timeout: floa
                           env={**os.environ, **(env or {})}, timeout=timeout)
 
 
+def shared_home(path: Path) -> Path:
+    """A private TUNER_HOME at ``path`` that shares the deterministic model and stats caches."""
+    path.mkdir(parents=True, exist_ok=True)
+    for sub in ("models", "stats"):
+        (ROOT / "storage" / sub).mkdir(parents=True, exist_ok=True)
+        os.symlink(ROOT / "storage" / sub, path / sub)
+    return path
+
+
 @pytest.fixture(scope="session")
 def kb():
     from tuner.models.corpus import load_kb

@@ -14,7 +14,7 @@ import urllib.request
 import optuna
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, shared_home
 from tests.deploy.compose import load, read_env
 from tests.pg import postgres_server
 from tuner.cli.main import build_parser
@@ -100,10 +100,7 @@ def test_topology_runs_without_docker(tmp_path, default_model):
     from tests.study.conftest import write_study
 
     study_yaml = write_study(tmp_path / "compose.yaml", name="compose")
-    home = tmp_path / "home"
-    home.mkdir()
-    for sub in ("models", "stats"):
-        os.symlink(ROOT / "storage" / sub, home / sub)
+    home = shared_home(tmp_path / "home")
     port = _free_port()
     with postgres_server() as url:
         env_vars = {**ENV, "TUNER_STUDY": "compose", "TUNER_CONFIG": str(study_yaml), "TUNER_TRIALS": "9",

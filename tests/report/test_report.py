@@ -16,7 +16,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, run_cli, shared_home
 from tests.report.browser import chromium, js_errors, non_blank, wait_for_plots
 
 pytestmark = pytest.mark.slow
@@ -41,10 +41,7 @@ def ran_study(tmp_path_factory, default_model):
     from tests.study.conftest import write_study
 
     tmp = tmp_path_factory.mktemp("report")
-    home = tmp / "home"
-    home.mkdir()
-    for sub in ("models", "stats"):
-        os.symlink(ROOT / "storage" / sub, home / sub)
+    home = shared_home(tmp / "home")
     env = {"TUNER_HOME": str(home)}
     cfg = write_study(tmp / "small.yaml")
     url = f"sqlite:///{tmp / 'tuner.db'}"
@@ -115,10 +112,7 @@ def test_report_with_one_trial(tmp_path, default_model):
 
     cfg = write_study(tmp_path / "small.yaml")
     url = f"sqlite:///{tmp_path / 'tuner.db'}"
-    home = tmp_path / "home"
-    home.mkdir()
-    for sub in ("models", "stats"):
-        os.symlink(ROOT / "storage" / sub, home / sub)
+    home = shared_home(tmp_path / "home")
     proc = run_cli("launch", "--config", str(cfg), "--trials", "1", "--workers", "1", "--storage", url,
                    "--no-progress", env={"TUNER_HOME": str(home)})
     assert proc.returncode == 0, proc.stderr

@@ -7,7 +7,7 @@ import json
 import optuna
 import pytest
 
-from tests.conftest import ROOT, run_cli
+from tests.conftest import run_cli
 from tuner.errors import ConfigError
 from tuner.rome.causal_trace import per_layer_effects, trace_facts
 
@@ -61,15 +61,11 @@ def test_trace_cli_writes_json_and_a_page_that_renders(tmp_path, default_model):
 
 @pytest.mark.slow
 def test_launch_seeded_from_trace(tmp_path, default_model):
-    import os
-
+    from tests.conftest import shared_home
     from tests.study.conftest import write_study
 
     cfg = write_study(tmp_path / "small.yaml")
-    home = tmp_path / "home"
-    home.mkdir()
-    for sub in ("models", "stats"):
-        os.symlink(ROOT / "storage" / sub, home / sub)
+    home = shared_home(tmp_path / "home")
     url = f"sqlite:///{tmp_path / 't.db'}"
     proc = run_cli("launch", "--config", str(cfg), "--trials", "10", "--seed-from-trace", "--storage", url,
                    "--no-progress", env={"TUNER_HOME": str(home)})

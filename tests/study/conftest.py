@@ -1,23 +1,17 @@
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, shared_home
 
 
 @pytest.fixture
 def home(tmp_path, default_model) -> Path:
     """A private TUNER_HOME that shares the (deterministic) model and stats caches."""
-    h = tmp_path / "home"
-    h.mkdir()
-    for sub in ("models", "stats"):
-        (ROOT / "storage" / sub).mkdir(parents=True, exist_ok=True)
-        os.symlink(ROOT / "storage" / sub, h / sub)
-    return h
+    return shared_home(tmp_path / "home")
 
 
 @pytest.fixture

@@ -42,10 +42,10 @@ def model_depth(cfg: StudyConfig) -> int:
 
 
 def validated_space(cfg: StudyConfig) -> tuple[list[Knob], dict[str, Any]]:
-    knobs, fixed = parse_space(cfg.search, n_layers=model_depth(cfg))
-    base_layer = cfg.base_hparams.layer
-    if "layer" not in cfg.search and base_layer >= model_depth(cfg):
-        raise ConfigError(f"hparams.layer {base_layer} exceeds the model's {model_depth(cfg)} layers")
+    depth = model_depth(cfg)
+    knobs, fixed = parse_space(cfg.search, n_layers=depth)
+    if "layer" not in cfg.search and cfg.base_hparams.layer >= depth:
+        raise ConfigError(f"hparams.layer {cfg.base_hparams.layer} exceeds the model's {depth} layers")
     return knobs, fixed
 
 
