@@ -169,14 +169,13 @@ def trace_heatmaps(trace: Any) -> Any:
     fig = make_subplots(rows=1, cols=3, subplot_titles=titles, horizontal_spacing=0.06)
     for col, kind in enumerate(("state", "mlp", "attn"), start=1):
         z = trace.scores[kind]
-        fig.add_trace(go.Heatmap(z=z, x=labels, y=list(range(len(z))), zmin=0, zmax=max(trace.clean_prob, 1e-6),
-                                 colorscale=["white", ["#6a3d9a", "#33a02c", "#e31a1c"][col - 1]],
-                                 colorbar=dict(title=dict(text="P(answer)"), x=0.29 + 0.355 * (col - 1), len=0.9)),
-                      1, col)
+        fig.add_trace(go.Heatmap(z=z, x=labels, y=list(range(len(z))), coloraxis="coloraxis"), 1, col)
         fig.update_xaxes(title_text="token (* = subject)", tickangle=-45, row=1, col=col)
         fig.update_yaxes(title_text="layer", dtick=1, row=1, col=col)
     fig.update_layout(title=f"Causal trace of {trace.prompt!r} → {trace.answer!r} "
-                            f"(clean {trace.clean_prob:.3f}, corrupted {trace.corrupt_prob:.3f})", height=480)
+                            f"(clean {trace.clean_prob:.3f}, corrupted {trace.corrupt_prob:.3f})", height=520,
+                      coloraxis=dict(colorscale="Purples", cmin=0, cmax=max(trace.clean_prob, 1e-6),
+                                     colorbar=dict(title=dict(text="P(answer)"))))
     return fig
 
 
