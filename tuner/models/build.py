@@ -53,7 +53,8 @@ class BuildSpec:
     epochs: int = 25
     """Fixed length (one-cycle LR over all of it): the low-LR tail is where the model settles."""
     min_accuracy: float = 0.95
-    min_editability: float = 0.8
+    min_editability: float = 0.7
+    """Measured at layer 1 with VERIFY_HPARAMS: llama 90%, gpt2 80%, glm 75%; unusable corpora gave 0–35%."""
     verify_edits: int = 20
     kb: str = "studies/facts/synthetic_kb.json"
     edits: str = "studies/facts/synthetic_edits.json"
