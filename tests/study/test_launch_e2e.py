@@ -194,3 +194,21 @@ def test_bad_inputs_write_nothing(tmp_path, small_study, env):
     other = write_study(tmp_path / "other.yaml", seed=7)
     _assert_error(run_cli("launch", "--config", str(other), "--create-only", "--storage", f"sqlite:///{db}",
                           env=env), "already exists")
+
+
+def test_multi_objective_and_gp_sampler(tmp_path, env, home):
+    url = f"sqlite:///{tmp_path / 'tuner.db'}"
+    mo = write_study(tmp_path / "mo.yaml", name="mo", objective={"multi_objective": True})
+    proc = run_cli("launch", "--config", str(mo), "--trials", "6", "--workers", "1", "--storage", url,
+                   "--no-progress", env=env)
+    assert proc.returncode == 0, proc.stderr
+    study = _study(url, "mo")
+    assert len(study.directions) == 2 and study.metric_names == ["efficacy_minus_rebound", "specificity"]
+    assert study.best_trials and "Pareto front" in proc.stdout
+    assert (home / "reports/mo/index.html").is_file()
+    gp = write_study(tmp_path / "gp.yaml", name="gp", sampler="gp")
+    proc = run_cli("launch", "--config", str(gp), "--trials", "12", "--workers", "1", "--storage", url,
+                   "--no-progress", env=env)
+    assert proc.returncode == 0, proc.stderr
+    states = _states(_study(url, "gp"))
+    assert states.get("COMPLETE", 0) + states.get("PRUNED", 0) == 12 and not states.get("FAIL")

@@ -164,6 +164,9 @@ def summarize(study: Any, cfg: StudyConfig, *, n_layers: int | None) -> tuple[Pa
         return None
     trial = best_trial(study)
     values = ", ".join(f"{v:.4f}" for v in trial.values)
+    if len(study.directions) > 1:
+        names = " vs ".join(study.metric_names or [])
+        print(f"Pareto front ({names}): {len(study.best_trials)} trials; exporting the one with the best first objective")
     print(f"best trial #{trial.number}: value {values}")
     mean = trial.user_attrs.get("mean", {})
     if mean:
