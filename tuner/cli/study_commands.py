@@ -85,8 +85,6 @@ def worker(args: argparse.Namespace) -> int:
 def status(args: argparse.Namespace) -> int:
     from collections import Counter
 
-    import optuna
-
     from tuner.study.export import best_trial
     from tuner.study.setup import load_existing
     from tuner.study.storage import make_storage, redact, resolve_url, study_names
@@ -116,7 +114,6 @@ def status(args: argparse.Namespace) -> int:
             workers[(w["host"], w["pid"], w["device"])] += 1
     for (host, pid, device), n in sorted(workers.items()):
         print(f"worker {host} pid {pid} on {device}: {n} trials")
-    _ = optuna  # imported for its logging side effects via make_storage
     return 0
 
 

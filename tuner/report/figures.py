@@ -119,7 +119,7 @@ def importance(study: Any, rows: list[Row], target: str) -> Any:
 
     title = f"Hyperparameter importance for {'the objective' if target == 'value' else target}"
     done = complete(rows)
-    if len(done) < 3 or len(study.directions) > 1 and target == "value":
+    if len(done) < 3:
         return _empty(title, f"{len(done)} completed trial(s): importance needs at least 3")
     try:
         import sklearn  # noqa: F401
@@ -131,7 +131,8 @@ def importance(study: Any, rows: list[Row], target: str) -> Any:
         name = "PED-ANOVA"
     tgt = None if target == "value" else (lambda t: t.user_attrs.get("mean", {}).get(target, 0.0))
     if len(study.directions) > 1 and tgt is None:
-        tgt = lambda t: t.values[0]  # noqa: E731
+        tgt = lambda t: t.values[0]  # noqa: E731  (multi-objective: the first objective)
+        title += " (first objective)"
     import warnings
 
     try:

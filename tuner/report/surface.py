@@ -6,7 +6,6 @@ every trial is drawn on top, pruned and failed ones with their own markers."""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -86,5 +85,4 @@ def surface_figures(rows: list[Row], x: str, y: str, metric: str, log_params: se
         for fig in (fig2d, fig3d):
             fig.add_annotation(text=f"{len(done)} completed trial(s) with {x} and {y}: too few to interpolate",
                                showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5)
-    _ = math  # log axes are handled by plotly
     return fig2d, fig3d
