@@ -52,8 +52,6 @@ def _view(t: torch.Tensor, seq_first: bool) -> torch.Tensor:
 @torch.no_grad()
 def trace_fact(model: Any, tok: Any, adapter: Adapter, *, case_id: int, prompt: str, subject: str, answer: str,
                noise: float, samples: int, window: int, generator: torch.Generator) -> FactTrace:
-    if noise <= 0:
-        raise ConfigError(f"--noise must be > 0 (a multiple of the embedding std), got {noise}")
     ids, last = subject_token_index(tok, prompt, subject, "subject_last")
     _, first = subject_token_index(tok, prompt, subject, "subject_first")
     n_layers = adapter.n_layers(model.config)

@@ -11,7 +11,6 @@ import yaml
 from tuner.config import StudyConfig
 from tuner.errors import StudyError
 from tuner.paths import atomic_write_text, storage_root
-from tuner.rome.adapters import ADAPTERS, detect_adapter
 
 
 def best_trial(study: Any) -> Any:
@@ -25,15 +24,7 @@ def best_trial(study: Any) -> Any:
     return study.best_trial
 
 
-def easyedit_hparams(cfg: StudyConfig, hp: dict[str, Any], n_layers: int | None) -> dict[str, Any]:
-    adapter = ADAPTERS[cfg.model.family] if cfg.model.family else None
-    if adapter is None:
-        adapter = ADAPTERS["llama"] if cfg.model.name == "default" else None
-    if adapter is None:
-        from transformers import AutoConfig
-
-        adapter = detect_adapter(AutoConfig.from_pretrained(cfg.model.name, local_files_only=True,
-                                                            trust_remote_code=cfg.model.trust_remote_code))
+def easyedit_hparams(cfg: StudyConfig, hp: dict[str, Any], adapter: Any, n_layers: int) -> dict[str, Any]:
     return {
         "alg_name": "ROME",
         "model_name": cfg.model.name,
@@ -43,7 +34,7 @@ def easyedit_hparams(cfg: StudyConfig, hp: dict[str, Any], n_layers: int | None)
         "fact_token": hp["fact_token"],
         "v_num_grad_steps": hp["v_num_grad_steps"],
         "v_lr": hp["v_lr"],
-        "v_loss_layer": (n_layers - 1) if n_layers else -1,
+        "v_loss_layer": n_layers - 1,
         "v_weight_decay": hp["v_weight_decay"],
         "clamp_norm_factor": hp["clamp_norm_factor"],
         "kl_factor": hp["kl_factor"],
@@ -63,9 +54,11 @@ def easyedit_hparams(cfg: StudyConfig, hp: dict[str, Any], n_layers: int | None)
     }
 
 
-def export_best(study: Any, cfg: StudyConfig, *, n_layers: int | None = None,
-                out_dir: Path | None = None) -> tuple[Path, Path]:
+def export_best(study: Any, cfg: StudyConfig, *, out_dir: Path | None = None) -> tuple[Path, Path]:
+    from tuner.study.setup import model_adapter
+
     trial = best_trial(study)
+    adapter, n_layers = model_adapter(cfg)
     hp = trial.user_attrs["hparams"]
     out = out_dir or storage_root() / "best" / study.study_name
     best_cfg = cfg.replace(hparams=hp, search={},
@@ -75,5 +68,5 @@ def export_best(study: Any, cfg: StudyConfig, *, n_layers: int | None = None,
     easy = out / "rome_hparams.yaml"
     header = (f"# EasyEdit ROME hyperparameters from rome-tuner study {study.study_name!r}, trial {trial.number}.\n"
               f"# lr_schedule={hp['lr_schedule']} (EasyEdit has no such key: constant is its behaviour).\n")
-    atomic_write_text(easy, header + yaml.safe_dump(easyedit_hparams(cfg, hp, n_layers), sort_keys=False))
+    atomic_write_text(easy, header + yaml.safe_dump(easyedit_hparams(cfg, hp, adapter, n_layers), sort_keys=False))
     return study_yaml, easy

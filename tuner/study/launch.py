@@ -63,13 +63,8 @@ def _spawn(name: str, url: str, plan: dict[str, str], index: int) -> subprocess.
     return subprocess.Popen(cmd, env=env)
 
 
-def _postfix(study: Any, counts: Any) -> str:
-    best = "-"
-    if counts.complete and len(study.directions) == 1:
-        try:
-            best = f"{study.best_value:.4f}"
-        except ValueError:
-            pass
+def _postfix(counts: Any) -> str:
+    best = "-" if counts.best is None else f"{counts.best:.4f}"
     return f"running={counts.running} pruned={counts.pruned} failed={counts.failed} best={best}"
 
 
@@ -88,7 +83,7 @@ def _stop(procs: list[subprocess.Popen], timeout: float = 60) -> None:
 
 def launch(config: str, *, trials: int | None, study_name: str | None, url: str | None, workers: str,
            create_only: bool = False, progress: bool = True, seed_from_trace: bool = False) -> int:
-    from tuner.study.setup import create_or_resume, model_depth, validated_space
+    from tuner.study.setup import create_or_resume, validated_space
     from tuner.study.worker import count_trials
 
     cfg = StudyConfig.load(config)
@@ -132,7 +127,7 @@ def launch(config: str, *, trials: int | None, study_name: str | None, url: str 
             time.sleep(1.0)
             counts = count_trials(study)
             bar.n = min(counts.finished, budget)
-            bar.set_postfix_str(_postfix(study, counts), refresh=False)
+            bar.set_postfix_str(_postfix(counts), refresh=False)
             bar.refresh()
     except KeyboardInterrupt:
         bar.close()
@@ -142,17 +137,17 @@ def launch(config: str, *, trials: int | None, study_name: str | None, url: str 
         return 130
     counts = count_trials(study)
     bar.n = min(counts.finished, budget)
-    bar.set_postfix_str(_postfix(study, counts))
+    bar.set_postfix_str(_postfix(counts))
     bar.close()
     bad = [p.returncode for p in procs if p.returncode not in (0, None)]
     if bad and counts.finished < budget:
         raise TunerError(f"{len(bad)} worker(s) exited with errors (codes {bad}) before the budget was met; "
                          "see their messages above")
-    summarize(study, cfg, n_layers=model_depth(cfg))
+    summarize(study, cfg)
     return 0
 
 
-def summarize(study: Any, cfg: StudyConfig, *, n_layers: int | None) -> tuple[Path, Path] | None:
+def summarize(study: Any, cfg: StudyConfig) -> tuple[Path, Path] | None:
     from tuner.study.export import best_trial, export_best
     from tuner.study.worker import count_trials
 
@@ -180,7 +175,7 @@ def summarize(study: Any, cfg: StudyConfig, *, n_layers: int | None) -> tuple[Pa
               f"v_weight_decay {base['hparams']['v_weight_decay']}, {base['hparams']['v_num_grad_steps']} steps) "
               f"on the same facts: value {base['score']:.4f} (final_prob {base['final_prob']:.4f}, "
               f"rebound {base['rebound']:.4f})")
-    paths = export_best(study, cfg, n_layers=n_layers)
+    paths = export_best(study, cfg)
     print(f"wrote {paths[0]}\nwrote {paths[1]}")
     from tuner.paths import storage_root
     from tuner.report.html import write_report

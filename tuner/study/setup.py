@@ -23,22 +23,28 @@ def config_hash(cfg: StudyConfig) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def model_depth(cfg: StudyConfig) -> int:
-    """The number of layers, read without loading weights."""
+def model_adapter(cfg: StudyConfig) -> tuple[Any, int]:
+    """(adapter, number of layers) of the study's model, read without loading weights."""
+    from tuner.rome.adapters import detect_adapter
+
+    overrides = cfg.model.adapter or None
     if cfg.model.name == "default":
         from tuner.models.build import BuildSpec
 
-        return BuildSpec().n_layers
+        return detect_adapter(None, family=cfg.model.family or cfg.model.arch, overrides=overrides), BuildSpec().n_layers
     from transformers import AutoConfig
-
-    from tuner.rome.adapters import detect_adapter
 
     try:
         config = AutoConfig.from_pretrained(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code,
                                             local_files_only=True)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot read the config of model {cfg.model.name!r}: {str(exc).splitlines()[0]}") from None
-    return detect_adapter(config, family=cfg.model.family, overrides=cfg.model.adapter or None).n_layers(config)
+    adapter = detect_adapter(config, family=cfg.model.family, overrides=overrides)
+    return adapter, adapter.n_layers(config)
+
+
+def model_depth(cfg: StudyConfig) -> int:
+    return model_adapter(cfg)[1]
 
 
 def validated_space(cfg: StudyConfig) -> tuple[list[Knob], dict[str, Any]]:

@@ -26,6 +26,7 @@ class Counts:
     running: int = 0
     waiting: int = 0
     failed: int = 0
+    best: float | None = None  # best complete value (single-objective studies), from the same read
 
     @property
     def finished(self) -> int:
@@ -36,9 +37,14 @@ def count_trials(study: Any) -> Counts:
     from optuna.trial import TrialState
 
     c = Counts()
+    single = len(study.directions) == 1
+    maximize = single and study.direction.name == "MAXIMIZE"
     for t in study.get_trials(deepcopy=False):
         if t.state == TrialState.COMPLETE:
             c.complete += 1
+            if single and t.value is not None and (
+                    c.best is None or (t.value > c.best if maximize else t.value < c.best)):
+                c.best = t.value
         elif t.state == TrialState.PRUNED:
             c.pruned += 1
         elif t.state == TrialState.RUNNING:
