@@ -45,10 +45,12 @@ class Objective:
         self.knobs, self.fixed = knobs, fixed
         self.fingerprint, self.device = fingerprint, device
         self.worker = {"host": socket.gethostname(), "pid": os.getpid(), "device": device}
+        self.current: int | None = None  # number of the trial being run, for interrupt handling
 
     def __call__(self, trial: Any) -> float | tuple[float, float]:
         import optuna
 
+        self.current = trial.number
         hp = suggest(trial, self.knobs, self.fixed, self.cfg.base_hparams)
         trial.set_user_attr("worker", self.worker)
         trial.set_user_attr("hparams", hp.to_dict())

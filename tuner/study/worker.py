@@ -79,6 +79,18 @@ def ensure_baseline(study: Any, cfg: Any, editor: Any, facts: list) -> None:
     })
 
 
+def fail_if_running(study: Any, number: int | None) -> None:
+    """Ctrl-C can land after the objective returned but before Optuna stored the result; never
+    leave this worker's trial RUNNING (it would wait for the heartbeat grace to be retried)."""
+    import optuna
+
+    if number is None:
+        return
+    trial = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
+    if trial is not None and trial.state == optuna.trial.TrialState.RUNNING:
+        study.tell(number, state=optuna.trial.TrialState.FAIL)
+
+
 def run_worker(url: str | None, name: str, *, device: str | None = None, threads: int | None = None,
                quiet: bool = False, seed_offset: int | None = None) -> int:
     import optuna
@@ -124,8 +136,12 @@ def run_worker(url: str | None, name: str, *, device: str | None = None, threads
             time.sleep(POLL_SECONDS)
             continue
         done: list = []
-        study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False,
-                       callbacks=[lambda _study, trial: done.append(trial)])
+        try:
+            study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False,
+                           callbacks=[lambda _study, trial: done.append(trial)])
+        except KeyboardInterrupt:
+            fail_if_running(study, objective.current)
+            raise
         ran += 1
         if done and done[-1].state == optuna.trial.TrialState.FAIL:
             failures += 1
