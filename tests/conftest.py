@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.workspace import ROOT, shared_home  # noqa: F401  (re-exported for the tests)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
@@ -18,15 +18,6 @@ def run_cli(*args: str, cwd: Path = ROOT, env: dict | None = None, timeout: floa
     """Run ``python -m tuner ARGS`` as a real process."""
     return subprocess.run([sys.executable, "-m", "tuner", *args], cwd=cwd, capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, timeout=timeout)
-
-
-def shared_home(path: Path) -> Path:
-    """A private TUNER_HOME at ``path`` that shares the deterministic model and stats caches."""
-    path.mkdir(parents=True, exist_ok=True)
-    for sub in ("models", "stats"):
-        (ROOT / "storage" / sub).mkdir(parents=True, exist_ok=True)
-        os.symlink(ROOT / "storage" / sub, path / sub)
-    return path
 
 
 @pytest.fixture(scope="session")
@@ -121,8 +112,7 @@ def tiny_editor(tiny_models, tiny_tok, stats_texts, tmp_path_factory):
 @pytest.fixture(scope="session")
 def default_model():
     """The embedded default model, built through the public API (cached in storage/)."""
-    from tuner.config import StudyConfig
-    from tuner.models.load import load_model
+    from tuner.study.config import StudyConfig
 
     os.chdir(ROOT)
-    return load_model(StudyConfig.load(ROOT / "studies/default.yaml"), device="cpu", progress=False)
+    return StudyConfig.load(ROOT / "studies/default.yaml").load_model(device="cpu", progress=False)

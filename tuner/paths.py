@@ -1,4 +1,5 @@
-"""Where runtime data lives: ``$TUNER_HOME`` or ``./storage``, plus atomic file writing."""
+"""Where runtime data lives (``$TUNER_HOME`` or ``./storage``), how a study's relative paths
+resolve, and atomic file writing."""
 
 from __future__ import annotations
 
@@ -11,6 +12,19 @@ from pathlib import Path
 
 def storage_root() -> Path:
     return Path(os.environ.get("TUNER_HOME", "storage"))
+
+
+def resolve_path(base_dir: str | Path, path: str) -> Path:
+    """``path`` from a study file: absolute as is; else the first that exists of the study file's
+    directory, the working directory and ``studies/`` (so a study stored in a database resolves
+    on another machine's checkout too); else relative to the study file's directory."""
+    p = Path(path)
+    if p.is_absolute():
+        return p
+    for candidate in (Path(base_dir) / p, p, Path("studies") / p):
+        if candidate.exists():
+            return candidate
+    return Path(base_dir) / p
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:

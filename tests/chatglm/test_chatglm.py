@@ -72,11 +72,10 @@ def _study(tmp_path, model_dir, trust=True):
 
 @pytest.fixture(scope="module")
 def loaded(chatglm_dir, tmp_path_factory):
-    from tuner.config import StudyConfig
-    from tuner.models.load import load_model
+    from tuner.study.config import StudyConfig
 
-    return load_model(StudyConfig.load(_study(tmp_path_factory.mktemp("cfg"), chatglm_dir)), device="cpu",
-                      progress=False)
+    return StudyConfig.load(_study(tmp_path_factory.mktemp("cfg"), chatglm_dir)).load_model(device="cpu",
+                                                                                         progress=False)
 
 
 def test_loads_through_the_compatibility_path(chatglm_dir, loaded):
@@ -99,21 +98,21 @@ def test_remote_code_needs_explicit_opt_in(chatglm_dir, tmp_path):
 
 
 def test_invariants_hold(loaded, facts):
-    from tuner.rome.compute_k import module_io_at
+    from tuner.rome.module_io import module_io_at
     from tuner.rome.hparams import ROMEHyperParams
 
     ed = loaded.editor(progress=False)
     hp = ROMEHyperParams(layer=1, v_num_grad_steps=8, mom2_n_samples=2000)
     before = {k: v.clone() for k, v in ed.model.state_dict().items()}
     fact = facts[0]
-    with ed.applied(fact, hp) as plan:
+    with ed.edited(fact, hp) as plan:
         _, out = module_io_at(ed.model, ed.tok, ed.adapter, 1, [fact.rewrite_prompt], fact.subject, "subject_last")
         assert (out[0] - plan.v_star).norm() / plan.v_star.norm() < 1e-4
     assert all(torch.equal(before[k], v) for k, v in ed.model.state_dict().items())
 
 
 def test_left_padded_batch_equals_one_at_a_time(loaded, facts):
-    from tuner.rome.compute_k import module_io_at
+    from tuner.rome.module_io import module_io_at
     from tuner.rome.hparams import ROMEHyperParams
 
     ed = loaded.editor(progress=False)
@@ -132,14 +131,13 @@ def test_left_padded_batch_equals_one_at_a_time(loaded, facts):
 
 @pytest.mark.slow
 def test_edit_success_comparable_to_llama_layout(loaded, default_model, facts):
-    from tuner.models.build import VERIFY_HPARAMS
-    from tuner.rome.hparams import ROMEHyperParams
+    from tuner.rome.hparams import ROMEHyperParams, preset
 
     def best_layer_efficacy(lm) -> tuple[float, list[float]]:
         ed = lm.editor(progress=False)
         per_layer = []
         for layer in range(lm.n_layers):
-            hp = ROMEHyperParams(layer=layer, **VERIFY_HPARAMS)
+            hp = preset("verify", ROMEHyperParams(layer=layer))
             per_layer.append(sum(ed.edit(f, hp).metrics["efficacy"] for f in facts[:10]) / 10)
         return max(per_layer), per_layer
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -93,6 +95,12 @@ def test_missing_config_file():
     _assert_one_line_error(run_cli("edit", "--config", "nope.yaml"), "config file not found: nope.yaml")
 
 
-def test_help_is_fast_and_lists_commands():
-    proc = run_cli("--help")
-    assert proc.returncode == 0 and "edit" in proc.stdout and "model" in proc.stdout
+@pytest.mark.parametrize("argv", [["--help"], ["edit", "--help"], ["launch", "--help"]])
+def test_help_imports_no_heavy_library(argv):
+    """``tuner --help`` must not pay for torch, transformers or plotly (imported lazily by commands)."""
+    code = ("import sys\nfrom tuner.cli.main import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+            "heavy = sorted(m for m in ('torch', 'transformers', 'plotly', 'optuna') if m in sys.modules)\n"
+            "print('HEAVY', heavy)")
+    proc = subprocess.run([sys.executable, "-c", code, *argv], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "usage: tuner" in proc.stdout and "HEAVY []" in proc.stdout, proc.stdout[-300:]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from tuner.config import StudyConfig
+from tuner.study.config import StudyConfig
 from tests.conftest import ROOT
 
 
@@ -21,17 +21,28 @@ def test_build_meta_reports_accuracy_and_editability(default_model):
 
 
 def test_default_hparams_edit_raises_new_target_probability(default_model, facts):
+    from tuner.rome.evaluate import score_fact
+
     cfg = StudyConfig.load(ROOT / "studies/default.yaml")
+    model = default_model.model
+    weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    fresh_before = score_fact(model, default_model.tok, default_model.adapter, facts[0])
     editor = default_model.editor(progress=False)
-    results = [editor.edit(f, cfg.base_hparams) for f in facts[:8]]
+    results = [editor.edit(f, cfg.hparams) for f in facts[:8]]
     pre = [r.metrics["pre_prob"] for r in results]
     post = [r.metrics["final_prob"] for r in results]
     assert max(pre) < 0.05
     assert sum(post) / len(post) > 0.5
     assert sum(p > 0.5 for p in post) >= 5
-    # the model is unchanged afterwards: a second run gives the same pre-edit probabilities
-    again = editor.edit(facts[0], cfg.base_hparams)
-    assert again.metrics["pre_prob"] == results[0].metrics["pre_prob"]
+    # the model is unchanged afterwards: every weight bit-exact, and a fresh forward pass (not the
+    # editor's cached pre-edit scores) gives the same probabilities as before the edits
+    after = model.state_dict()
+    assert all(torch.equal(weights[k], after[k]) for k in weights)
+    fresh_after = score_fact(model, default_model.tok, default_model.adapter, facts[0])
+    for group, values in fresh_before.items():
+        for key, tensor in values.items():
+            assert torch.equal(tensor, fresh_after[group][key]), (group, key)
+    again = editor.edit(facts[0], cfg.hparams)
     assert again.trajectory["loss"] == results[0].trajectory["loss"]
 
 
@@ -39,7 +50,7 @@ def test_large_weight_decay_and_lr_rebound(default_model, facts):
     """The failure the tuner exists for: a peak, then a fall of the target probability."""
     cfg = StudyConfig.load(ROOT / "studies/default.yaml")
     editor = default_model.editor(progress=False)
-    hp = cfg.base_hparams.replace(layer=0, v_lr=2.0, v_weight_decay=3.0, v_num_grad_steps=40)
+    hp = cfg.hparams.replace(layer=0, v_lr=2.0, v_weight_decay=3.0, v_num_grad_steps=40)
     metrics = [editor.edit(f, hp).metrics for f in facts[:8]]
     worst = max(metrics, key=lambda m: m["rebound"])
     assert worst["rebound"] > 0.2  # measured: 0.35 (peak then fall)

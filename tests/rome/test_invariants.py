@@ -9,7 +9,7 @@ import torch
 
 from tests.conftest import FAMILIES
 from tuner.errors import ConfigError, EditError
-from tuner.rome.compute_k import module_io_at
+from tuner.rome.module_io import module_io_at
 from tuner.rome.hooks import get_module
 from tuner.rome.hparams import ROMEHyperParams
 
@@ -26,7 +26,7 @@ def test_update_maps_key_to_v_star_and_restores_bit_exactly(tiny_editor, facts, 
     ed = tiny_editor(model_type)
     fact = facts[0]
     before = _state(ed.model)
-    with ed.applied(fact, HP) as plan:
+    with ed.edited(fact, HP) as plan:
         _, out = module_io_at(ed.model, ed.tok, ed.adapter, HP.layer, [fact.rewrite_prompt], fact.subject, "subject_last")
         rel = (out[0] - plan.v_star).norm() / plan.v_star.norm()
         assert rel < 1e-4
@@ -40,21 +40,32 @@ def test_update_maps_key_to_v_star_and_restores_bit_exactly(tiny_editor, facts, 
 
 @pytest.mark.parametrize("model_type", ["gpt2", "llama"])
 def test_mom2_update_leaves_c_inverse_orthogonal_keys_unchanged(tiny_editor, facts, model_type):
+    """ROME's guarantee: a key k' with k'ᵀ C⁻¹ k* = 0 keeps its output. k' is built here from C
+    and k* alone (not from the plan's u), and is far from orthogonal to k*: were C⁻¹ dropped
+    (u ∝ k*), the edit would move its output and this test would fail."""
+    from tuner.rome.compute_k import compute_k
+
+    hp = HP.replace(mom2_ridge=0.0)  # u ∝ C⁻¹k* exactly
     ed = tiny_editor(model_type)
-    module = get_module(ed.model, ed.adapter.rewrite.format(HP.layer))
-    with ed.applied(facts[1], HP) as plan:
-        u = plan.u / plan.u.norm()  # u ∝ C⁻¹k*
-        torch.manual_seed(1)
-        r = torch.randn_like(u) * plan.key.norm()
-        k_orth = r - (u @ r) * u  # k_orthᵀ C⁻¹ k* = 0
-        edited = module(k_orth[None])
-        k_par = plan.key
-        edited_par = module(k_par[None])
+    fact = facts[1]
+    module = get_module(ed.model, ed.adapter.rewrite.format(hp.layer))
+    c = ed.mom2(hp.layer, hp.mom2_n_samples).double()
+    k_star = compute_k(ed.model, ed.tok, ed.adapter, hp.layer, fact.prompt, fact.subject,
+                       ed.context_templates(hp), hp.fact_token).double()
+    c_inv_k = torch.linalg.solve(c, k_star)
+    torch.manual_seed(1)
+    r = torch.randn_like(k_star) * k_star.norm()
+    k_other = r - (r @ c_inv_k) / (k_star @ c_inv_k) * k_star  # k_otherᵀ C⁻¹ k* = 0
+    assert abs(k_other @ k_star) / (k_other.norm() * k_star.norm()) > 0.05  # not Euclidean-orthogonal to k*
+    k_other = k_other.float()[None]
+    fact_key = ed.plan(fact, hp).key[None]  # the bare prompt's key
     with torch.no_grad():
-        plain = module(k_orth[None])
-        plain_par = module(k_par[None])
-    assert torch.allclose(edited, plain, atol=1e-5, rtol=1e-5)
-    assert not torch.allclose(edited_par, plain_par, atol=1e-3)
+        plain, plain_bare = module(k_other), module(fact_key)
+    with ed.edited(fact, hp), torch.no_grad():
+        edited, edited_bare = module(k_other), module(fact_key)
+    scale = plain.norm()
+    assert (edited - plain).norm() / scale < 1e-4
+    assert (edited_bare - plain_bare).norm() / plain_bare.norm() > 1e-2  # the fact's own key does move
 
 
 @pytest.mark.parametrize("model_type", ["llama", "gpt2"])
@@ -62,7 +73,7 @@ def test_weights_restored_when_the_edit_raises(tiny_editor, facts, model_type):
     ed = tiny_editor(model_type)
     before = _state(ed.model)
     with pytest.raises(RuntimeError, match="boom"):
-        with ed.applied(facts[2], HP):
+        with ed.edited(facts[2], HP):
             raise RuntimeError("boom")
     after = _state(ed.model)
     assert all(torch.equal(before[k], after[k]) for k in before)

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT, shared_home
+from tests.conftest import ROOT
+from tests.workspace import shared_home, study_file
 
 
 @pytest.fixture
@@ -20,19 +21,11 @@ def env(home) -> dict[str, str]:
 
 
 def write_study(path: Path, **changes) -> Path:
-    data = yaml.safe_load((ROOT / "studies/default.yaml").read_text())
-    data["model"]["kb"] = str(ROOT / "studies/facts/synthetic_kb.json")
-    data["facts"]["path"] = str(ROOT / "studies/facts/synthetic_edits.json")
-    data["facts"]["per_trial"] = 3
-    data["search"]["v_num_grad_steps"] = {"low": 5, "high": 15}
-    data["name"] = "small"
-    for key, value in changes.items():
-        if isinstance(value, dict) and isinstance(data.get(key), dict):
-            data[key].update(value)
-        else:
-            data[key] = value
-    path.write_text(yaml.safe_dump(data))
-    return path
+    """The small study the end-to-end tests run: 3 facts per trial, 5–15 steps."""
+    search = dict(yaml.safe_load((ROOT / "studies/default.yaml").read_text())["search"])
+    search["v_num_grad_steps"] = {"low": 5, "high": 15}
+    search.update(changes.pop("search", {}))
+    return study_file(path, **{"name": "small", "facts": {"per_trial": 3}, "search": search, **changes})
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import yaml
 from tests.conftest import ROOT, run_cli
 from tests.pg import PASSWORD, postgres_server
 from tests.study.conftest import write_study
-from tuner.config import StudyConfig
+from tuner.study.config import StudyConfig
 
 pytestmark = pytest.mark.slow
 States = optuna.trial.TrialState
@@ -54,7 +54,7 @@ def test_launch_two_workers_sqlite(tmp_path, small_study, env, home):
     assert "ROME textbook defaults" in proc.stdout and "best trial #" in proc.stdout
     best_yaml, easy_yaml = home / "best/small/study.yaml", home / "best/small/rome_hparams.yaml"
     best = StudyConfig.load(best_yaml)
-    assert best.search == {} and best.hparams == study.best_trial.user_attrs["hparams"]
+    assert best.search.dimensions == () and best.hparams.to_dict() == study.best_trial.user_attrs["hparams"]
     easy = yaml.safe_load(easy_yaml.read_text())
     assert easy["alg_name"] == "ROME" and easy["layers"] == [study.best_trial.params["layer"]]
     assert easy["rewrite_module_tmp"] == "model.layers.{}.mlp.down_proj"

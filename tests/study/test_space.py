@@ -6,7 +6,12 @@ import pytest
 
 from tuner.errors import ConfigError
 from tuner.rome.hparams import ROMEHyperParams
-from tuner.study.space import parse_space, suggest
+from tuner.study.space import SearchSpace
+
+
+def parse_space(search, n_layers):
+    space, fixed = SearchSpace.parse(search)
+    return space.bind(n_layers), fixed
 
 
 @pytest.mark.parametrize(
@@ -20,6 +25,10 @@ from tuner.study.space import parse_space, suggest
         ({"lr_schedule": ["constant", "linear"]}, "lr_schedule"),
         ({"v_num_grad_steps": {"low": 1.5, "high": 5}}, "bounds must be integers"),
         ({"v_lr": {"low": 0.1, "high": 1, "scale": "log"}}, "unknown key scale"),
+        ({"v_lr": {"low": 0.1, "high": 1, "log": "no"}}, "search.v_lr.log: expected true or false"),
+        ({"v_lr": {"low": -1.0, "high": 1}}, "search.v_lr must be > 0"),
+        ({"lr_schedule": {"low": 0, "high": 1}}, "a range needs a numeric hyperparameter"),
+        ({"context_template_length_params": [[[5, 5]]]}, "search.context_template_length_params: unknown"),
     ],
 )
 def test_bad_space(search, needle):
@@ -30,11 +39,12 @@ def test_bad_space(search, needle):
 def test_space_suggests_within_bounds():
     import optuna
 
-    knobs, fixed = parse_space({"layer": "all", "v_lr": {"low": 0.01, "high": 1, "log": True},
+    space, fixed = parse_space({"layer": "all", "v_lr": {"low": 0.01, "high": 1, "log": True},
                                 "lr_schedule": ["constant", "cosine"], "kl_factor": 0.5}, n_layers=4)
+    assert fixed == {"kl_factor": 0.5} and space.names == ["layer", "v_lr", "lr_schedule"]
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     for _ in range(20):
-        hp = suggest(study.ask(), knobs, fixed, ROMEHyperParams())
+        hp = space.suggest(study.ask(), ROMEHyperParams(**fixed))
         assert 0 <= hp.layer <= 3 and 0.01 <= hp.v_lr <= 1 and hp.kl_factor == 0.5
         assert hp.lr_schedule in ("constant", "cosine")
 

@@ -16,52 +16,34 @@ from collections.abc import Sequence
 
 from tuner.errors import TunerError
 
-DEFAULT_CONFIG = "studies/default.yaml"
-
-
-def _add_edit(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("edit", help="run one ROME edit and print its trajectory and metrics",
-                       description="Run one ROME edit on one fact; the model is restored afterwards.")
-    p.add_argument("--config", default=DEFAULT_CONFIG, help="study YAML (default: %(default)s)")
-    p.add_argument("--fact", type=int, default=0, help="index of the fact in the study's fact file (default: 0)")
-    p.add_argument("--layer", type=int)
-    p.add_argument("--v-lr", type=float, dest="v_lr")
-    p.add_argument("--v-weight-decay", type=float, dest="v_weight_decay")
-    p.add_argument("--steps", type=int, dest="v_num_grad_steps", help="v_num_grad_steps")
-    p.add_argument("--clamp-norm-factor", type=float, dest="clamp_norm_factor")
-    p.add_argument("--kl-factor", type=float, dest="kl_factor")
-    p.add_argument("--lr-schedule", choices=["constant", "cosine"], dest="lr_schedule")
-    p.add_argument("--mom2", action=argparse.BooleanOptionalAction, dest="mom2_adjustment",
-                   help="use C⁻¹ in the update (mom2_adjustment)")
-    p.add_argument("--seed", type=int, help="context-template seed")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: the study's, else auto)")
-    p.add_argument("--json", action="store_true", help="print the whole result as one JSON object")
-    p.set_defaults(run="tuner.cli.edit:run")
-
-
-def _add_model(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("model", help="the embedded default model")
-    msub = p.add_subparsers(dest="model_cmd", required=True)
-    b = msub.add_parser("build", help="train (or reuse) the embedded default model and check it is editable")
-    b.add_argument("--config", default=DEFAULT_CONFIG, help="study YAML whose model.kb/facts to use")
-    b.add_argument("--arch", choices=["llama", "gpt2", "glm"], help="architecture (default: the study's)")
-    b.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
-    b.add_argument("--force", action="store_true", help="retrain even if cached")
-    b.set_defaults(run="tuner.cli.model:build")
+# Each subcommand module registers its own parser (``register(sub)``) and names its entry point
+# as "module:function", imported only when that subcommand runs (``tuner --help`` stays light).
+SUBCOMMANDS = ("tuner.cli.edit", "tuner.cli.model", "tuner.cli.study_commands", "tuner.cli.trace")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
     parser = argparse.ArgumentParser(prog="tuner", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     sub = parser.add_subparsers(dest="command", required=True)
-    _add_edit(sub)
-    _add_model(sub)
-    from tuner.cli import study_commands, trace
-
-    study_commands.add_parsers(sub)
-    trace.add_parser(sub, DEFAULT_CONFIG)
+    for name in SUBCOMMANDS:
+        importlib.import_module(name).register(sub)
     return parser
+
+
+def _quiet_libraries() -> None:
+    """Process-wide logging policy, set once here (libraries' own defaults are chattier)."""
+    import warnings
+
+    import optuna
+
+    for noisy in ("httpx", "urllib3", "filelock", "transformers", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -69,9 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    for noisy in ("httpx", "urllib3", "filelock", "transformers", "alembic"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    _quiet_libraries()
     module_name, func_name = args.run.split(":")
     import importlib
 

@@ -1,22 +1,26 @@
-"""``tuner launch``, ``tuner worker`` and ``tuner status`` argument parsers and entry points."""
+"""``tuner launch | worker | status | report | dashboard | copy``: parsers and entry points.
+
+``launch`` is composed here: the study service runs the trials (``tuner.study.launch``), then
+this module prints the summary, exports the best setting (``tuner.study.export``) and writes the
+report (``tuner.report``)."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+from typing import Any
 
-from tuner.cli.main import DEFAULT_CONFIG
-
-STORAGE_HELP = "Optuna storage URL (default: $TUNER_STORAGE, else sqlite:///storage/tuner.db)"
+from tuner.cli.options import STORAGE_HELP, add_config, add_device, add_storage
 
 
-def add_parsers(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("launch", help="create or resume a study and run it with local workers",
                        description="Create (or resume) a study and run local workers until the budget "
                                    "of finished trials is met, across all workers on all machines.")
-    p.add_argument("--config", default=DEFAULT_CONFIG, help="study YAML (default: %(default)s)")
+    add_config(p)
     p.add_argument("--trials", type=int, help="trial budget (default: the study's `trials`)")
     p.add_argument("--study", help="study name (default: the YAML's `name`)")
-    p.add_argument("--storage", help=STORAGE_HELP)
+    add_storage(p)
     p.add_argument("--workers", default="auto", help="local workers: a number, or auto = one per visible GPU, else 1")
     p.add_argument("--create-only", action="store_true", help="create the study (and tables) and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -26,8 +30,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     w = sub.add_parser("worker", help="join an existing study and run trials until its budget is met")
     w.add_argument("--study", required=True, help="study name")
-    w.add_argument("--storage", help=STORAGE_HELP)
-    w.add_argument("--device", help="cpu, cuda, cuda:1 (default: the study's, else auto)")
+    add_storage(w)
+    add_device(w)
     w.add_argument("--threads", type=int, help="CPU threads for torch (default on CPU: 1, so several workers share the cores)")
     w.add_argument("--quiet", action="store_true", help="log warnings only (used by launch)")
     w.add_argument("--sampler-seed-offset", type=int, help="sampler seed = study seed + this (default: the pid)")
@@ -35,7 +39,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     r = sub.add_parser("report", help="write the HTML report of a study and refresh its dashboard figures")
     r.add_argument("--study", required=True, help="study name")
-    r.add_argument("--storage", help=STORAGE_HELP)
+    add_storage(r)
     r.add_argument("--out", help="output directory (default: storage/reports/<study>)")
     r.add_argument("--x", help="first hyperparameter of the loss surface (default: layer)")
     r.add_argument("--y", help="second hyperparameter of the loss surface (default: v_lr)")
@@ -45,7 +49,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     r.set_defaults(run="tuner.cli.study_commands:report")
 
     d = sub.add_parser("dashboard", help="serve optuna-dashboard on the study storage")
-    d.add_argument("--storage", help=STORAGE_HELP)
+    add_storage(d)
     d.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
     d.add_argument("--port", type=int, default=8080)
     d.set_defaults(run="tuner.cli.study_commands:dashboard")
@@ -58,16 +62,57 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     s = sub.add_parser("status", help="counts by state, best trial and workers of a study")
     s.add_argument("--study", help="study name (default: list the studies)")
-    s.add_argument("--storage", help=STORAGE_HELP)
+    add_storage(s)
     s.set_defaults(run="tuner.cli.study_commands:status")
 
 
 def launch(args: argparse.Namespace) -> int:
     from tuner.study.launch import launch as run_launch
 
-    return run_launch(args.config, trials=args.trials, study_name=args.study, url=args.storage,
+    done = run_launch(args.config, trials=args.trials, study_name=args.study, url=args.storage,
                       workers=args.workers, create_only=args.create_only, progress=not args.no_progress,
                       seed_from_trace=args.seed_from_trace)
+    if done.finished:
+        summarize(done.study, done.cfg)
+    return done.exit_code
+
+
+def summarize(study: Any, cfg: Any) -> tuple[Path, Path] | None:
+    """Print the outcome of a finished study, export its best setting and write its report."""
+    from tuner.paths import storage_root
+    from tuner.report.html import write_report
+    from tuner.study.export import best_trial, export_best
+    from tuner.study.worker import count_trials
+
+    counts = count_trials(study)
+    print(f"study {study.study_name!r}: {counts.complete} complete, {counts.pruned} pruned, "
+          f"{counts.failed} failed")
+    if not counts.complete:
+        print("no completed trial: nothing to export")
+        return None
+    trial = best_trial(study)
+    values = ", ".join(f"{v:.4f}" for v in trial.values)
+    if len(study.directions) > 1:
+        names = " vs ".join(study.metric_names or [])
+        print(f"Pareto front ({names}): {len(study.best_trials)} trials; exporting the one with the best first objective")
+    print(f"best trial #{trial.number}: value {values}")
+    mean = trial.user_attrs.get("mean", {})
+    if mean:
+        print(f"  mean final_prob {mean['final_prob']:.4f}  rebound {mean['rebound']:.4f}  "
+              f"efficacy {mean['efficacy']:.2f}  specificity {mean['specificity']:.2f}")
+    for k, v in trial.params.items():
+        print(f"  {k:<20} {v:.5g}" if isinstance(v, float) else f"  {k:<20} {v}")
+    base = study.user_attrs.get("baseline")
+    if base:
+        hp = base["hparams"]
+        print(f"ROME textbook defaults (layer {hp['layer']}, v_lr {hp['v_lr']}, v_weight_decay {hp['v_weight_decay']}, "
+              f"{hp['v_num_grad_steps']} steps) on the same facts: value {base['score']:.4f} "
+              f"(final_prob {base['final_prob']:.4f}, rebound {base['rebound']:.4f})")
+    paths = export_best(study, cfg)
+    print(f"wrote {paths[0]}\nwrote {paths[1]}")
+    page = write_report(study, cfg, storage_root() / "reports" / study.study_name)
+    print(f"wrote {page} (figures also stored in the study for optuna-dashboard)")
+    return paths
 
 
 def worker(args: argparse.Namespace) -> int:

@@ -54,7 +54,7 @@ class BuildSpec:
     """Fixed length (one-cycle LR over all of it): the low-LR tail is where the model settles."""
     min_accuracy: float = 0.95
     min_editability: float = 0.7
-    """Measured at layer 1 with VERIFY_HPARAMS: llama 90%, gpt2 80%, glm 75%; unusable corpora gave 0–35%."""
+    """Measured at layer 1 with the ``verify`` preset: llama 90%, gpt2 80%, glm 75%; unusable corpora gave 0–35%."""
     verify_edits: int = 20
     kb: str = "studies/facts/synthetic_kb.json"
     edits: str = "studies/facts/synthetic_edits.json"
@@ -63,13 +63,6 @@ class BuildSpec:
         blob = json.dumps({**dataclasses.asdict(self), "kb": hashlib.sha256(kb_text.encode()).hexdigest(),
                            "edits": None, "v": BUILD_VERSION}, sort_keys=True)
         return f"{self.arch}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
-
-
-# Hyperparameters known to edit this kind of model well; used only for the editability check.
-# Measured on the default model: this flips 90% of the first 20 edits at layer 1, where ROME's
-# textbook settings (clamp 4, 20 steps, v_weight_decay 0.5) flip ~10%.
-VERIFY_HPARAMS = dict(v_num_grad_steps=60, v_lr=0.5, v_weight_decay=1e-3, kl_factor=0.01,
-                      clamp_norm_factor=12.0, mom2_adjustment=True)
 
 
 def make_tokenizer(sentences: list[str], prefix: tuple[str, ...] = ("<s>",)) -> Any:
@@ -184,14 +177,14 @@ def verify_editability(model: Any, tok: Any, corpus: list[str], fingerprint: str
     from tuner.facts.schema import load_facts
     from tuner.rome.adapters import detect_adapter
     from tuner.rome.editor import Editor
-    from tuner.rome.hparams import ROMEHyperParams
+    from tuner.rome.hparams import ROMEHyperParams, preset
 
     facts = load_facts(spec.edits)[: spec.verify_edits]
     editor = Editor(model, tok, detect_adapter(model.config), fingerprint=fingerprint, stats_texts=corpus,
                     stats_root=root, progress=False)
     per_layer = {}
     for layer in range(editor.n_layers):
-        hp = ROMEHyperParams(layer=layer, **VERIFY_HPARAMS)
+        hp = preset("verify", ROMEHyperParams(layer=layer))
         results = [editor.edit(f, hp) for f in facts]
         per_layer[layer] = {
             "efficacy": sum(r.metrics["efficacy"] for r in results) / len(results),
@@ -200,7 +193,7 @@ def verify_editability(model: Any, tok: Any, corpus: list[str], fingerprint: str
         }
     best = max(per_layer, key=lambda layer: per_layer[layer]["efficacy"])
     out = {"per_layer": per_layer, "best_layer": best, "efficacy": per_layer[best]["efficacy"],
-           "hparams": VERIFY_HPARAMS, "n_edits": len(facts)}
+           "hparams": preset("verify").to_dict(), "n_edits": len(facts)}
     if out["efficacy"] < spec.min_editability:
         raise ModelBuildError(
             f"the default model is not ROME-editable: best layer {best} flips only "

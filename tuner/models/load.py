@@ -1,5 +1,7 @@
 """Load a model once per process: the embedded default (built on first use) or a real
-checkpoint from a local directory or the local Hugging Face cache (never downloaded)."""
+checkpoint from a local directory or the local Hugging Face cache (never downloaded).
+
+    tuner edit --config studies/llama-2-7b.yaml --fact 0      # loads model.name once, edits"""
 
 from __future__ import annotations
 
@@ -10,8 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tuner.config import StudyConfig
+from collections.abc import Callable
+
 from tuner.errors import ConfigError, TunerError
+from tuner.models.spec import ModelSpec
 from tuner.rome.adapters import Adapter, detect_adapter
 
 log = logging.getLogger(__name__)
@@ -65,7 +69,19 @@ def _read_corpus(path: Path) -> list[str]:
     return lines
 
 
-def load_model(cfg: StudyConfig, *, device: str | None = None, progress: bool = True) -> LoadedModel:
+def build_default(spec: ModelSpec, *, resolve: Callable[[str], Path], edits: Path, seed: int = 0,
+                  force: bool = False, progress: bool = True) -> Path:
+    """Train (or reuse) the embedded default model ``spec`` describes; its directory."""
+    from tuner.models.build import BuildSpec, build
+
+    return build(BuildSpec(arch=spec.arch, seed=seed, kb=str(resolve(spec.kb)), edits=str(edits)), force=force,
+                 progress=progress)
+
+
+def load_model(spec: ModelSpec, *, resolve: Callable[[str], Path], edits: Path, device: str | None = None,
+               progress: bool = True) -> LoadedModel:
+    """Load ``spec``'s model once. ``resolve`` turns the spec's relative paths into files;
+    ``edits`` is the fact file the default model's editability check uses."""
     import torch  # noqa: F401  (heavy import kept local)
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -73,14 +89,10 @@ def load_model(cfg: StudyConfig, *, device: str | None = None, progress: bool = 
     if not progress:
         transformers.utils.logging.disable_progress_bar()
 
-    spec = cfg.model
     dev = pick_device(device or spec.device)
     dtype = _dtype(spec.dtype, dev)
-    if spec.name == "default":
-        from tuner.models.build import BuildSpec, build
-
-        edits = cfg.resolve(cfg.facts.path)
-        path = build(BuildSpec(arch=spec.arch, kb=str(cfg.resolve(spec.kb)), edits=str(edits)), progress=progress)
+    if spec.is_default:
+        path = build_default(spec, resolve=resolve, edits=edits, progress=progress)
         meta = json.loads((path / "meta.json").read_text())
         fingerprint = meta["fingerprint"]
         corpus = path / "corpus.txt"
@@ -96,7 +108,7 @@ def load_model(cfg: StudyConfig, *, device: str | None = None, progress: bool = 
         else:
             source = spec.name  # a model id: only the local HF cache is consulted
             fingerprint = hashlib.sha256(spec.name.encode()).hexdigest()[:16]
-        corpus = cfg.resolve(spec.stats_corpus) if spec.stats_corpus else None
+        corpus = resolve(spec.stats_corpus) if spec.stats_corpus else None
     from tuner.models.remote_compat import load_remote, needs_remote_code, probe_seq_first
 
     remote = isinstance(source, Path) and needs_remote_code(source)
@@ -115,7 +127,7 @@ def load_model(cfg: StudyConfig, *, device: str | None = None, progress: bool = 
         raise TunerError(f"cannot load model {spec.name!r}: {first}") from None
     model.to(dev)
     adapter = detect_adapter(model.config, family=spec.family, overrides=spec.adapter or None)
-    if spec.name != "default":
+    if not spec.is_default:
         # Layout from what the model returns, not only from its family's name.
         seq_first = probe_seq_first(model, tok, adapter.rewrite.format(0))
         if seq_first != adapter.seq_first:
@@ -124,3 +136,20 @@ def load_model(cfg: StudyConfig, *, device: str | None = None, progress: bool = 
             adapter = adapter.with_overrides({"seq_first": seq_first})
     stats = _read_corpus(corpus) if corpus is not None else []
     return LoadedModel(model, tok, adapter, fingerprint, stats, str(spec.name), dev)
+
+
+def model_adapter(spec: ModelSpec) -> tuple[Adapter, int]:
+    """(adapter, number of layers) of ``spec``'s model, read from its config without loading weights."""
+    overrides = spec.adapter or None
+    if spec.is_default:
+        from tuner.models.build import BuildSpec
+
+        return detect_adapter(None, family=spec.family or spec.arch, overrides=overrides), BuildSpec().n_layers
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(spec.name, trust_remote_code=spec.trust_remote_code, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read the config of model {spec.name!r}: {str(exc).splitlines()[0]}") from None
+    adapter = detect_adapter(config, family=spec.family, overrides=overrides)
+    return adapter, adapter.n_layers(config)

@@ -1,4 +1,5 @@
-"""Figures and notes stored in the study, for optuna-dashboard.
+"""Figures stored in the study for optuna-dashboard, and the dashboard server (the per-trial
+notes are written by the trials themselves: ``tuner.study.notes``).
 
     tuner dashboard --storage sqlite:///storage/tuner.db      # http://127.0.0.1:8080
 """
@@ -22,19 +23,6 @@ def publish(study: Any, report: Any, names: list[str]) -> list[str]:
         if fid in report.figures:
             ids.append(save_plotly_graph_object(study, report.figures[fid], graph_object_id=f"rome-{fid}"))
     return ids
-
-
-def trial_note(per_fact: list[dict[str, Any]], hparams: dict[str, Any]) -> str:
-    """Markdown for a finished trial: its hyperparameters and per-fact metrics."""
-    cols = ["case_id", "final_prob", "peak_prob", "rebound", "efficacy", "paraphrase", "specificity", "seconds"]
-    lines = ["### Per-fact metrics", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for m in per_fact:
-        cells = [f"{m.get(c):.4g}" if isinstance(m.get(c), float) else str(m.get(c)) for c in cols]
-        lines.append("| " + " | ".join(cells) + " |")
-    keys = ("layer", "v_lr", "v_weight_decay", "v_num_grad_steps", "clamp_norm_factor", "kl_factor", "lr_schedule",
-            "mom2_adjustment")
-    lines += ["", "### Hyperparameters", ""] + [f"- `{k}` = {hparams[k]}" for k in keys if k in hparams]
-    return "\n".join(lines)
 
 
 def serve(url: str, host: str, port: int) -> None:

@@ -1,4 +1,6 @@
-"""The ROME-specific figures (custom Plotly) and the ones Optuna already draws."""
+"""The ROME-specific figures (custom Plotly) and the ones Optuna already draws.
+
+    tuner report --study default      # storage/reports/default/index.html"""
 
 from __future__ import annotations
 

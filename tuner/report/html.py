@@ -22,15 +22,10 @@ class Report:
     figures: dict[str, Any]  # id -> plotly Figure, in page order
     summary_html: str
     metric: str = "value"
-    path: Path | None = None
-
-
-def log_params(cfg: Any) -> set[str]:
-    return {name for name, spec in cfg.search.items() if isinstance(spec, dict) and spec.get("log")}
 
 
 def default_axes(cfg: Any) -> tuple[str, str]:
-    searched = [k for k, v in cfg.search.items() if isinstance(v, (dict, list))]
+    searched = cfg.search.names
     x = "layer" if "layer" in searched else (searched[0] if searched else "layer")
     y = "v_lr" if "v_lr" in searched and x != "v_lr" else next((k for k in searched if k != x), "v_lr")
     return x, y
@@ -41,7 +36,7 @@ def build(study: Any, cfg: Any, *, x: str | None = None, y: str | None = None, m
     rs = rows(study)
     dx, dy = default_axes(cfg)
     x, y = x or dx, y or dy
-    lp = log_params(cfg)
+    lp = cfg.search.log_names
     surf2d, surf3d = surface_figures(rs, x, y, metric, lp)
     figs = {"loss-surface": surf2d}
     # the same surface over the other metrics, selectable in the page
@@ -153,7 +148,6 @@ def write(report: Report, study_name: str, out_dir: Path) -> Path:
     path = out_dir / "index.html"
     atomic_write_text(path, page)
     atomic_write_text(out_dir / "figures.json", json.dumps(list(report.figures)))
-    report.path = path
     return path
 
 
@@ -162,12 +156,12 @@ def write_report(study: Any, cfg: Any, out_dir: Path, *, x: str | None = None, y
     """Build the figures, write the page, and store the figures in the study for the dashboard."""
     from tuner.errors import ConfigError
     from tuner.report.dashboard import publish
+    from tuner.rome.hparams import KNOBS
     from tuner.study.setup import metric_names
-    from tuner.study.space import SEARCHABLE
 
     for axis in (x, y):
-        if axis is not None and axis not in SEARCHABLE:
-            raise ConfigError(f"--x/--y: unknown hyperparameter {axis!r}; choose from {', '.join(sorted(cfg.search))}")
+        if axis is not None and axis not in KNOBS:
+            raise ConfigError(f"--x/--y: unknown hyperparameter {axis!r}; choose from {', '.join(cfg.search.names)}")
     report = build(study, cfg, x=x, y=y, metric=metric, top_k=top_k)
     path = write(report, study.study_name, out_dir)
     publish(study, report, metric_names(cfg))

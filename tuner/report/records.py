@@ -6,9 +6,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-METRICS = ("value", "final_prob", "rebound", "final_loss")
-
-
 @dataclass
 class Row:
     number: int

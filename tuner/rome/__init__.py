@@ -1,6 +1,8 @@
 """ROME (Meng et al. 2022) in files named after the paper's steps.
 
+- ``hparams``      every hyperparameter declared once (``KNOBS``), named presets
 - ``hooks``        read or edit a module's input/output; hooks always removed
+- ``module_io``    a module's input and output at one token per prompt
 - ``adapters``     per-family module-name templates and tensor layout, as data
 - ``tokens``       prompt batching that is correct for left padding and prefix tokens
 - ``layer_stats``  second-moment statistics C = E[k kᵀ], cached as safetensors
@@ -10,6 +12,7 @@
 - ``rank_one``     the rank-one update, restored bit-exactly on exit
 - ``evaluate``     CounterFact metrics and stability measures
 - ``editor``       ``Editor``: one model loaded once, many edits
+- ``causal_trace`` where the model recalls a fact (``tuner trace``)
 """
 
 from tuner.rome.hparams import ROMEHyperParams

@@ -20,7 +20,7 @@ import torch
 
 from tuner.errors import ConfigError
 from tuner.rome.adapters import Adapter
-from tuner.rome.hooks import Trace
+from tuner.rome.hooks import Trace, TraceDict
 from tuner.rome.tokens import encode, make_batch, pad_id_of, subject_token_index, target_token_ids
 
 KINDS = ("state", "mlp", "attn")
@@ -69,41 +69,42 @@ def trace_fact(model: Any, tok: Any, adapter: Adapter, *, case_id: int, prompt: 
         v[1:, first : last + 1] += eps.to(device=v.device, dtype=v.dtype)
         return out
 
-    def prob(extra: list[tuple[str, list[int]]]) -> tuple[float, float]:
-        """(clean, mean corrupted) P(answer) with (module, tokens) outputs restored from row 0."""
-        traces = [Trace(model, adapter.embed, edit_output=corrupt)]
-        for module, toks in extra:
-            def restore(out: torch.Tensor, _m: Any, toks: list[int] = toks) -> torch.Tensor:
-                v = _view(out, adapter.seq_first)
-                v[1:, toks] = v[0, toks]
-                return out
+    def prob(modules: list[str], tokens: list[int]) -> tuple[float, float]:
+        """(clean, mean corrupted) P(answer) with ``modules``' outputs at ``tokens`` restored from row 0."""
 
-            traces.append(Trace(model, module, edit_output=restore))
-        try:
-            for t in traces:
-                t.__enter__()
+        def restore(out: torch.Tensor, _m: Any) -> torch.Tensor:
+            v = _view(out, adapter.seq_first)
+            v[1:, tokens] = v[0, tokens]
+            return out
+
+        with Trace(model, adapter.embed, edit_output=corrupt), TraceDict(model, modules, edit_output=restore):
             p = model(**kwargs).logits[:, -1].float().softmax(-1)[:, answer_id]  # (S+1,)
-        finally:
-            for t in traces:
-                t.close()
         return float(p[0]), float(p[1:].mean())
 
-    clean, corrupted = prob([])
+    clean, corrupted = prob([], [])
     n_tok = len(ids)
     scores: dict[str, list[list[float]]] = {k: [] for k in KINDS}
     for layer in range(n_layers):
         lo, hi = max(0, layer - window // 2), min(n_layers, layer - window // 2 + window)
         for kind in KINDS:
             row = []
+            if kind == "state":
+                modules = [adapter.layer.format(layer)]
+            else:
+                template = adapter.mlp if kind == "mlp" else adapter.attn
+                modules = [template.format(j) for j in range(lo, hi)]
             for t in range(n_tok):
-                if kind == "state":
-                    sites = [(adapter.layer.format(layer), [t])]
-                else:
-                    tmpl = adapter.mlp if kind == "mlp" else adapter.attn
-                    sites = [(tmpl.format(j), [t]) for j in range(lo, hi)]
-                row.append(prob(sites)[1])
+                row.append(prob(modules, [t])[1])
             scores[kind].append(row)
     return FactTrace(case_id, prompt, answer, tok.convert_ids_to_tokens(ids), first, last, clean, corrupted, scores)
+
+
+def check_trace_options(*, noise: float, facts: int, samples: int) -> None:
+    """The options' bounds, checked before a model is loaded (``tuner trace``) and here."""
+    if noise <= 0:
+        raise ConfigError(f"--noise must be > 0 (a multiple of the embedding std), got {noise}")
+    if facts < 1 or samples < 1:
+        raise ConfigError("--facts and --samples must be >= 1")
 
 
 def predicts(model: Any, tok: Any, prompt: str, answer: str) -> bool:
@@ -120,8 +121,7 @@ def trace_facts(model: Any, tok: Any, adapter: Adapter, facts: Sequence[Any], *,
     """Trace the facts the model gets right; returns (traces, number skipped as wrong)."""
     from tqdm.auto import tqdm
 
-    if noise <= 0:
-        raise ConfigError(f"--noise must be > 0 (a multiple of the embedding std), got {noise}")
+    check_trace_options(noise=noise, facts=len(facts) or 1, samples=samples)
     n_layers = adapter.n_layers(model.config)
     window = window or max(1, n_layers // 4)
     gen = torch.Generator().manual_seed(seed)

@@ -9,41 +9,8 @@ from typing import Any
 import torch
 
 from tuner.rome.adapters import Adapter
-from tuner.rome.hooks import Trace
-from tuner.rome.tokens import make_batch, pad_id_of, padding_side, subject_token_index
-
-
-def fill(template: str, prompt: str, subject: str) -> str:
-    """``template`` is a context template ("... . {}"); ``prompt`` holds "{}" for the subject."""
-    return template.replace("{}", prompt).replace("{}", subject)
-
-
-@torch.no_grad()
-def module_io_at(
-    model: Any,
-    tok: Any,
-    adapter: Adapter,
-    layer: int,
-    prompts: Sequence[str],
-    subject: str,
-    fact_token: str,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rewrite-module (input, output) at each prompt's fact token: ((N, d_ff), (N, d_model))."""
-    encoded = [subject_token_index(tok, p, subject, fact_token) for p in prompts]
-    batch = make_batch(
-        [ids for ids, _ in encoded],
-        pad_id=pad_id_of(tok),
-        side=padding_side(tok, adapter.padding_side),
-        device=next(model.parameters()).device,
-    )
-    with Trace(model, adapter.rewrite.format(layer), retain_input=True, retain_output=True) as tr:
-        model(**batch.model_kwargs(model))
-    x, y = tr.input, tr.output
-    if adapter.seq_first:
-        x, y = x.transpose(0, 1), y.transpose(0, 1)  # (T, B, d) -> (B, T, d)
-    rows = torch.arange(len(prompts), device=x.device)
-    cols = torch.tensor([batch.offsets[i] + idx for i, (_, idx) in enumerate(encoded)], device=x.device)
-    return x[rows, cols].float(), y[rows, cols].float()
+from tuner.rome.context import fill_template
+from tuner.rome.module_io import module_io_at
 
 
 def compute_k(
@@ -57,6 +24,6 @@ def compute_k(
     fact_token: str = "subject_last",
 ) -> torch.Tensor:
     """k* (d_ff,): mean key over ``context_templates`` filled with the fact's prompt."""
-    prompts = [fill(t, prompt, subject) for t in context_templates]
+    prompts = [fill_template(t, prompt, subject) for t in context_templates]
     keys, _ = module_io_at(model, tok, adapter, layer, prompts, subject, fact_token)
     return keys.mean(0)

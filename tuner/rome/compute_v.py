@@ -19,10 +19,11 @@ import torch
 
 from tuner.errors import EditError
 from tuner.rome.adapters import Adapter
-from tuner.rome.compute_k import fill, module_io_at
+from tuner.rome.context import fill_template
 from tuner.rome.hooks import Trace
 from tuner.rome.hparams import ROMEHyperParams
-from tuner.rome.tokens import make_batch, pad_id_of, padding_side, subject_token_index
+from tuner.rome.module_io import module_io_at
+from tuner.rome.tokens import make_batch, pad_id_of, padding_side, subject_token_index, target_logprobs_at
 
 KL_PROMPT = "{} is a"
 
@@ -33,7 +34,8 @@ class VResult:
     key: torch.Tensor  # (d_ff,) rewrite-module input at the bare prompt's fact token
     value_init: torch.Tensor  # (d_model,) module output there before the edit
     trajectory: dict[str, list[float]]  # per step: loss, nll, kl, weight_decay, prob, delta_norm, lr
-    final_prob: float  # mean target probability with the final δ (after the last update)
+    opt_final_prob: float  # mean target probability over the rewrite rows with the final δ
+    early_stopped: bool  # the loss fell below hp.early_stop_loss before the last step
 
 
 def compute_v(
@@ -48,37 +50,43 @@ def compute_v(
 ) -> VResult:
     device = next(model.parameters()).device
     module = adapter.rewrite.format(hp.layer)
-    target = torch.tensor(list(target_ids), device=device)  # (L,)
-    n_t = len(target_ids)
+    n_target = len(target_ids)
 
     # Rows: one per context template (prompt + target[:-1]), then the KL prompt.
-    rows, lookup, tgt_pos = [], [], []
+    rows, lookup, target_pos = [], [], []
     for tmpl in context_templates:
-        ids, idx = subject_token_index(tok, fill(tmpl, prompt, subject), subject, hp.fact_token)
+        ids, idx = subject_token_index(tok, fill_template(tmpl, prompt, subject), subject, hp.fact_token)
         rows.append(ids + list(target_ids[:-1]))
         lookup.append(idx)
-        tgt_pos.append([len(ids) - 1 + j for j in range(n_t)])
+        target_pos.append([len(ids) - 1 + j for j in range(n_target)])
     kl_ids, kl_idx = subject_token_index(tok, KL_PROMPT.format(subject), subject, hp.fact_token)
     rows.append(kl_ids)
     lookup.append(kl_idx)
-    n_rw = len(context_templates)
+    n_rewrite = len(context_templates)
 
     batch = make_batch(rows, pad_id=pad_id_of(tok), side=padding_side(tok, adapter.padding_side), device=device)
     kwargs = batch.model_kwargs(model)
-    r_idx = torch.arange(len(rows), device=device)
-    c_idx = torch.tensor([batch.offsets[i] + lookup[i] for i in range(len(rows))], device=device)
-    t_cols = torch.tensor([[batch.offsets[i] + p for p in tgt_pos[i]] for i in range(n_rw)], device=device)  # (R, L)
+    edit_rows = torch.arange(len(rows), device=device)  # δ is added in every row, at its fact token
+    edit_cols = torch.tensor([batch.offsets[i] + lookup[i] for i in range(len(rows))], device=device)
+    rewrite_rows = torch.arange(n_rewrite, device=device)
+    target_cols = torch.tensor([[batch.offsets[i] + p for p in target_pos[i]] for i in range(n_rewrite)],
+                               device=device)  # (R, L) positions predicting each target token
+    target = torch.tensor(list(target_ids), device=device)  # (L,)
+    kl_col = batch.offsets[-1] + kl_idx
+
+    def rewrite_logprobs(logits: torch.Tensor) -> torch.Tensor:
+        return target_logprobs_at(logits, rewrite_rows, target_cols, target)  # (R, L)
 
     key, value_init = (t[0] for t in module_io_at(model, tok, adapter, hp.layer, [prompt.format(subject)], subject, hp.fact_token))
     with torch.no_grad():
-        kl_init = _kl_log_probs(model(**kwargs).logits, batch.offsets[-1] + kl_idx)  # (V,)
+        kl_init = _kl_log_probs(model(**kwargs).logits, kl_col)  # (V,)
     init_norm = value_init.norm()
 
     delta = torch.zeros_like(value_init, requires_grad=True)  # (d_model,)
 
     def add_delta(out: torch.Tensor, _module: Any) -> torch.Tensor:
         view = out.transpose(0, 1) if adapter.seq_first else out  # (B, T, d)
-        view[r_idx, c_idx] += delta.to(out.dtype)
+        view[edit_rows, edit_cols] += delta.to(out.dtype)
         return out
 
     opt = torch.optim.Adam([delta], lr=hp.v_lr)
@@ -89,16 +97,15 @@ def compute_v(
     )
     max_norm = hp.clamp_norm_factor * init_norm
     traj: dict[str, list[float]] = {k: [] for k in ("loss", "nll", "kl", "weight_decay", "prob", "delta_norm", "lr")}
+    early_stopped = False
     for step in range(hp.v_num_grad_steps):
         opt.zero_grad(set_to_none=True)
         with Trace(model, module, edit_output=add_delta):
             logits = model(**kwargs).logits  # (B, T, V)
-        logp = logits[:n_rw].float().log_softmax(-1)  # (R, T, V)
-        tok_logp = logp[torch.arange(n_rw, device=device)[:, None], t_cols, target[None, :]]  # (R, L)
-        nll_each = -tok_logp.mean(1)  # (R,) per-token NLL of the target
+        nll_each = -rewrite_logprobs(logits).mean(1)  # (R,) per-token NLL of the target
         nll = nll_each.mean()
         kl = hp.kl_factor * torch.nn.functional.kl_div(
-            kl_init, _kl_log_probs(logits, batch.offsets[-1] + kl_idx), log_target=True, reduction="sum"
+            kl_init, _kl_log_probs(logits, kl_col), log_target=True, reduction="sum"
         )
         wd = hp.v_weight_decay * (delta.norm() / init_norm**2)
         loss = nll + kl + wd
@@ -110,6 +117,9 @@ def compute_v(
         ):
             traj[name].append(float(value.detach()))
         traj["lr"].append(opt.param_groups[0]["lr"])
+        if hp.early_stop_loss is not None and traj["loss"][-1] < hp.early_stop_loss:
+            early_stopped = True  # ROME's rule: the current δ is good enough, take no step
+            break
         loss.backward()
         opt.step()
         if sched is not None:
@@ -122,11 +132,8 @@ def compute_v(
     # The trajectory's last entry is the loss *before* the final update; record the state the
     # edit will actually use so the trajectory ends where the edited model starts.
     with torch.no_grad(), Trace(model, module, edit_output=add_delta):
-        logits = model(**kwargs).logits
-        logp = logits[:n_rw].float().log_softmax(-1)
-        tok_logp = logp[torch.arange(n_rw, device=device)[:, None], t_cols, target[None, :]]
-        final_prob = float(torch.exp(tok_logp.mean(1)).mean())
-    return VResult((value_init + delta).detach(), key, value_init, traj, final_prob)
+        opt_final_prob = float(torch.exp(rewrite_logprobs(model(**kwargs).logits).mean(1)).mean())
+    return VResult((value_init + delta).detach(), key, value_init, traj, opt_final_prob, early_stopped)
 
 
 def _kl_log_probs(logits: torch.Tensor, col: int) -> torch.Tensor:

@@ -12,6 +12,11 @@ import torch
 from tuner.rome.tokens import encode, make_batch, pad_id_of
 
 
+def fill_template(template: str, prompt: str, subject: str) -> str:
+    """``template`` is a context template ("... . {}"); ``prompt`` holds "{}" for the subject."""
+    return template.replace("{}", prompt).replace("{}", subject)
+
+
 @torch.no_grad()
 def sample_context_templates(
     model: Any,

@@ -2,6 +2,8 @@
 
     editor = Editor(model, tok, adapter, fingerprint=fp, stats_texts=corpus)
     result = editor.edit(fact, hp)   # model restored afterwards, bit-exactly
+    with editor.edited(fact, hp) as plan:   # the edited model inside the block
+        ...
     print(result.metrics["final_prob"], result.metrics["rebound"])
 
 Context templates, covariance statistics and pre-edit scores are cached per editor: they do
@@ -12,7 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +37,15 @@ from tuner.rome.tokens import target_token_ids
 @dataclass
 class EditResult:
     case_id: int
-    hparams: dict[str, Any]
+    hparams: ROMEHyperParams
     metrics: dict[str, Any]
     trajectory: dict[str, list[float]]
     timings: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain JSON values (``tuner edit --json``)."""
+        return {"case_id": self.case_id, "hparams": self.hparams.to_dict(), "metrics": self.metrics,
+                "trajectory": self.trajectory, "timings": self.timings}
 
 
 @dataclass
@@ -53,7 +57,8 @@ class EditPlan:
     key: torch.Tensor  # (d_ff,)
     v_star: torch.Tensor  # (d_model,)
     trajectory: dict[str, list[float]]
-    opt_final_prob: float
+    opt_final_prob: float  # mean target probability over the context prompts with the final δ
+    early_stopped: bool
     timings: dict[str, float]
 
 
@@ -119,41 +124,42 @@ class Editor:
     # -- the edit ------------------------------------------------------------------------
     def plan(self, fact: Fact, hp: ROMEHyperParams) -> EditPlan:
         self.check_layer(hp.layer)
-        t = {}
+        timings = {}
         t0 = time.perf_counter()
         mom2 = self.mom2(hp.layer, hp.mom2_n_samples) if hp.mom2_adjustment else None
         contexts = self.context_templates(hp)
-        t["stats"] = time.perf_counter() - t0
+        timings["stats"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         k_star = compute_k(self.model, self.tok, self.adapter, hp.layer, fact.prompt, fact.subject, contexts, hp.fact_token)
         u = rank_one.left_vector(k_star, mom2, hp.mom2_ridge)
-        t["k_star"] = time.perf_counter() - t0
+        timings["k_star"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         target = target_token_ids(self.tok, fact.rewrite_prompt, fact.target_new)
         v = compute_v(self.model, self.tok, self.adapter, hp, fact.prompt, fact.subject, target, contexts)
-        t["v_star"] = time.perf_counter() - t0
+        timings["v_star"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         delta_w = rank_one.rank_one_delta(u, v.key, v.value_init, v.v_star)
-        t["update"] = time.perf_counter() - t0
-        return EditPlan(delta_w, u, v.key, v.v_star, v.trajectory, v.final_prob, t)
+        timings["update"] = time.perf_counter() - t0
+        return EditPlan(delta_w, u, v.key, v.v_star, v.trajectory, v.opt_final_prob, v.early_stopped, timings)
 
     @contextmanager
-    def applied(self, fact: Fact, hp: ROMEHyperParams) -> Iterator[EditPlan]:
+    def edited(self, fact: Fact, hp: ROMEHyperParams) -> Iterator[EditPlan]:
         """The model with the edit applied inside the block; the original weights after it."""
         plan = self.plan(fact, hp)
         t0 = time.perf_counter()
-        with rank_one.applied(self.model, self.adapter, hp.layer, plan.delta_w):
+        with rank_one.weight_update(self.model, self.adapter, hp.layer, plan.delta_w):
             plan.timings["update"] += time.perf_counter() - t0
             yield plan
 
     def edit(self, fact: Fact, hp: ROMEHyperParams) -> EditResult:
         pre = self.pre_scores(fact)
-        with self.applied(fact, hp) as plan:
+        with self.edited(fact, hp) as plan:
             t0 = time.perf_counter()
             post = score_fact(self.model, self.tok, self.adapter, fact)
             plan.timings["eval"] = time.perf_counter() - t0
-        metrics = {**edit_metrics(pre, post), **stability_metrics(plan.trajectory, plan.opt_final_prob)}
-        return EditResult(fact.case_id, hp.to_dict(), metrics, plan.trajectory, plan.timings)
+        metrics = {**edit_metrics(pre, post), **stability_metrics(plan.trajectory, plan.opt_final_prob),
+                   "early_stopped": plan.early_stopped}
+        return EditResult(fact.case_id, hp, metrics, plan.trajectory, plan.timings)

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from tuner.rome.adapters import Adapter
-from tuner.rome.tokens import encode, make_batch, pad_id_of, padding_side, target_token_ids
+from tuner.rome.tokens import encode, make_batch, pad_id_of, padding_side, target_logprobs_at, target_token_ids
 
 
 @torch.no_grad()
@@ -30,10 +30,11 @@ def target_logprobs(
             rows.append(p_ids + t_ids[:-1])
             spans.append((len(p_ids), t_ids))
         batch = make_batch(rows, pad_id=pad_id_of(tok), side=padding_side(tok, adapter.padding_side), device=device)
-        logp = model(**batch.model_kwargs(model)).logits.float().log_softmax(-1)  # (B, T, V)
-        for i, (n_p, t_ids) in enumerate(spans):
-            pos = torch.arange(len(t_ids), device=device) + batch.offsets[i] + n_p - 1
-            lp = logp[i, pos, torch.tensor(t_ids, device=device)]  # (L,)
+        logits = model(**batch.model_kwargs(model)).logits  # (B, T, V)
+        for i, (n_prompt, t_ids) in enumerate(spans):
+            cols = torch.arange(len(t_ids), device=device) + batch.offsets[i] + n_prompt - 1
+            lp = target_logprobs_at(logits, torch.tensor([i], device=device), cols[None],
+                                    torch.tensor(t_ids, device=device))[0]  # (L,)
             sums.append(lp.sum())
             means.append(lp.mean())
     return torch.stack(sums).cpu(), torch.stack(means).cpu()

@@ -1,4 +1,5 @@
-"""Second-moment statistics C = E[k kᵀ] of a rewrite module's input over a text corpus.
+"""Second-moment statistics C = E[k kᵀ] of a rewrite module's input over a text corpus
+(computed on first use by ``tuner edit`` / a worker; ``tuner edit --mom2`` exercises it).
 
 Computed once per (model fingerprint, layer, corpus, sample count) and cached as safetensors
 under ``storage/stats/<fingerprint>/``. Concurrent workers take a file lock, so one computes

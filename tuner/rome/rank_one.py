@@ -3,7 +3,7 @@
     u = C⁻¹ k* / ‖C⁻¹ k*‖          (C⁻¹ only with mom2_adjustment; else u = k*/‖k*‖)
     Λ = (v* − W k) / (uᵀ k)        (k: the bare prompt's key, so Ŵ k = v* exactly)
 
-For any key k' with k'ᵀ C⁻¹ k* = 0 the output is unchanged. ``applied`` restores the original
+For any key k' with k'ᵀ C⁻¹ k* = 0 the output is unchanged. ``weight_update`` restores the original
 weight bit-exactly on exit, even if the block raises."""
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def rewrite_weight(model: Any, adapter: Adapter, layer: int) -> torch.nn.Paramet
 
 
 @contextmanager
-def applied(model: Any, adapter: Adapter, layer: int, delta_w: torch.Tensor) -> Iterator[None]:
+def weight_update(model: Any, adapter: Adapter, layer: int, delta_w: torch.Tensor) -> Iterator[None]:
     """Add ``delta_w`` (d_model × d_ff) to the rewrite weight for the duration of the block."""
     weight = rewrite_weight(model, adapter, layer)
     original = weight.detach().clone()

@@ -121,3 +121,14 @@ def target_token_ids(tok: Any, prompt: str, target: str) -> list[int]:
     if not ids:
         raise EditError(f"target {target!r} tokenises to nothing")
     return ids
+
+
+def target_logprobs_at(logits: Any, rows: Any, cols: Any, target_ids: Any) -> Any:
+    """log P(target token) read from a padded batch's logits: (R, L).
+
+    ``rows`` (R,) picks batch rows, ``cols`` (R, L) the positions whose next-token distribution
+    predicts each target token (already shifted by the row's padding offset), ``target_ids``
+    (R, L) or (L,) the tokens. Only the selected positions are normalised (R·L·V, not B·T·V)."""
+    picked = logits[rows[:, None], cols].float().log_softmax(-1)  # (R, L, V)
+    ids = target_ids.expand(cols.shape) if target_ids.dim() == 1 else target_ids
+    return picked.gather(-1, ids[..., None]).squeeze(-1)  # (R, L)

@@ -1,5 +1,8 @@
-"""``tuner launch``: create or resume a study, start local workers, show one progress bar, and
-export the best hyperparameters when the global budget is met.
+"""``tuner launch``: create or resume a study, start local workers and show one progress bar
+until the global budget is met. What is printed, exported and published afterwards is composed
+by the caller (``tuner.cli.study_commands``).
+
+    tuner launch --trials 200 [--workers auto] [--storage URL]
 
 Workers are separate processes (``tuner worker``) so a crash or OOM in one cannot take the
 launcher down; workers on other machines join with the same storage URL and study name."""
@@ -12,13 +15,13 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 from tqdm.auto import tqdm
 
-from tuner.config import StudyConfig
 from tuner.errors import ConfigError, TunerError
+from tuner.study.config import StudyConfig
 from tuner.study.storage import ENV, make_storage, redact, resolve_url
 
 log = logging.getLogger(__name__)
@@ -33,10 +36,9 @@ def plan_workers(workers: str) -> list[dict[str, str]]:
     else:
         try:
             import torch
-
-            gpus = [str(i) for i in range(torch.cuda.device_count())]
-        except Exception:
-            gpus = []
+        except ImportError:  # no torch at all: CPU plan; a broken CUDA install is an error, not "no GPU"
+            torch = None
+        gpus = [str(i) for i in range(torch.cuda.device_count())] if torch is not None else []
     if workers == "auto":
         n = max(1, len(gpus))
     else:
@@ -81,9 +83,18 @@ def _stop(procs: list[subprocess.Popen], timeout: float = 60) -> None:
             p.wait()
 
 
+@dataclass
+class Launched:
+    exit_code: int
+    study: Any
+    cfg: StudyConfig
+    finished: bool
+    """The budget was met (not interrupted, not ``--create-only``)."""
+
+
 def launch(config: str, *, trials: int | None, study_name: str | None, url: str | None, workers: str,
-           create_only: bool = False, progress: bool = True, seed_from_trace: bool = False) -> int:
-    from tuner.study.setup import create_or_resume, validated_space
+           create_only: bool = False, progress: bool = True, seed_from_trace: bool = False) -> Launched:
+    from tuner.study.setup import bound_space, create_or_resume
     from tuner.study.worker import count_trials
 
     cfg = StudyConfig.load(config)
@@ -92,7 +103,7 @@ def launch(config: str, *, trials: int | None, study_name: str | None, url: str 
     if budget < 1:
         raise ConfigError(f"--trials must be >= 1, got {budget}")
     url = resolve_url(url)
-    validated_space(cfg)  # before any row is written
+    bound_space(cfg)  # before any row is written
     plans = plan_workers(workers)
     storage = make_storage(url)
     trace = None
@@ -100,7 +111,7 @@ def launch(config: str, *, trials: int | None, study_name: str | None, url: str 
         from tuner.study.storage import study_names
 
         if name not in study_names(storage):  # seeding only matters when the study is created
-            from tuner.cli.trace import run_trace
+            from tuner.study.trace import run_trace
 
             trace = run_trace(cfg, facts=max(10, cfg.facts.per_trial), noise=3.0, samples=10, window=None,
                               seed=cfg.seed, progress=progress)
@@ -111,12 +122,9 @@ def launch(config: str, *, trials: int | None, study_name: str | None, url: str 
     log.info("%s study %r in %s: %d/%d finished", "created" if created else "resuming", name, redact(url),
              counts.finished, budget)
     if create_only:
-        return 0
-    if cfg.model.name == "default":  # train once here, not in every worker at the same time
-        from tuner.models.build import BuildSpec, build
-
-        build(BuildSpec(arch=cfg.model.arch, kb=str(cfg.resolve(cfg.model.kb)),
-                        edits=str(cfg.resolve(cfg.facts.path))), progress=progress)
+        return Launched(0, study, cfg, finished=False)
+    if cfg.model.is_default:  # train once here, not in every worker at the same time
+        cfg.build_default_model(progress=progress)
     procs: list[subprocess.Popen] = []
     bar = tqdm(total=budget, initial=min(counts.finished, budget), desc=f"study {name}", unit="trial",
                disable=not progress, dynamic_ncols=True)
@@ -134,7 +142,7 @@ def launch(config: str, *, trials: int | None, study_name: str | None, url: str 
         print("\ninterrupted: stopping workers (their running trials are marked failed) ...", file=sys.stderr)
         _stop(procs)
         print(f"stopped; rerun the same command to resume study {name!r}", file=sys.stderr)
-        return 130
+        return Launched(130, study, cfg, finished=False)
     counts = count_trials(study)
     bar.n = min(counts.finished, budget)
     bar.set_postfix_str(_postfix(counts))
@@ -143,43 +151,4 @@ def launch(config: str, *, trials: int | None, study_name: str | None, url: str 
     if bad and counts.finished < budget:
         raise TunerError(f"{len(bad)} worker(s) exited with errors (codes {bad}) before the budget was met; "
                          "see their messages above")
-    summarize(study, cfg)
-    return 0
-
-
-def summarize(study: Any, cfg: StudyConfig) -> tuple[Path, Path] | None:
-    from tuner.study.export import best_trial, export_best
-    from tuner.study.worker import count_trials
-
-    counts = count_trials(study)
-    print(f"study {study.study_name!r}: {counts.complete} complete, {counts.pruned} pruned, "
-          f"{counts.failed} failed")
-    if not counts.complete:
-        print("no completed trial: nothing to export")
-        return None
-    trial = best_trial(study)
-    values = ", ".join(f"{v:.4f}" for v in trial.values)
-    if len(study.directions) > 1:
-        names = " vs ".join(study.metric_names or [])
-        print(f"Pareto front ({names}): {len(study.best_trials)} trials; exporting the one with the best first objective")
-    print(f"best trial #{trial.number}: value {values}")
-    mean = trial.user_attrs.get("mean", {})
-    if mean:
-        print(f"  mean final_prob {mean['final_prob']:.4f}  rebound {mean['rebound']:.4f}  "
-              f"efficacy {mean['efficacy']:.2f}  specificity {mean['specificity']:.2f}")
-    for k, v in trial.params.items():
-        print(f"  {k:<20} {v:.5g}" if isinstance(v, float) else f"  {k:<20} {v}")
-    base = study.user_attrs.get("baseline")
-    if base:
-        print(f"ROME textbook defaults (layer {base['hparams']['layer']}, v_lr {base['hparams']['v_lr']}, "
-              f"v_weight_decay {base['hparams']['v_weight_decay']}, {base['hparams']['v_num_grad_steps']} steps) "
-              f"on the same facts: value {base['score']:.4f} (final_prob {base['final_prob']:.4f}, "
-              f"rebound {base['rebound']:.4f})")
-    paths = export_best(study, cfg)
-    print(f"wrote {paths[0]}\nwrote {paths[1]}")
-    from tuner.paths import storage_root
-    from tuner.report.html import write_report
-
-    page = write_report(study, cfg, storage_root() / "reports" / study.study_name)
-    print(f"wrote {page} (figures also stored in the study for optuna-dashboard)")
-    return paths
+    return Launched(0, study, cfg, finished=True)

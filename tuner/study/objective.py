@@ -15,18 +15,27 @@ import socket
 import time
 from typing import Any
 
-from tuner.config import StudyConfig
 from tuner.errors import EditError
 from tuner.facts.schema import Fact
-from tuner.study.space import Knob, suggest
+from tuner.study.config import ObjectiveSpec, StudyConfig
+from tuner.study.space import SearchSpace
 
-KEEP = ("final_prob", "pre_prob", "true_prob", "efficacy", "paraphrase", "paraphrase_prob", "specificity",
-        "neighborhood_drop", "peak_prob", "peak_step", "opt_final_prob", "rebound", "oscillation", "final_loss")
+STORED_METRICS = ("final_prob", "pre_prob", "true_prob", "efficacy", "paraphrase", "paraphrase_prob", "specificity",
+                  "neighborhood_drop", "peak_prob", "peak_step", "opt_final_prob", "rebound", "oscillation",
+                  "final_loss", "early_stopped")
+"""The per-fact metrics stored in a trial's ``per_fact`` attribute."""
+MEAN_METRICS = ("final_prob", "rebound", "peak_prob", "efficacy", "specificity", "paraphrase", "oscillation",
+                "final_loss")
 
 
-def fact_score(m: dict[str, Any], cfg: StudyConfig) -> float:
-    obj = cfg.objective
-    s = m["final_prob"] - obj.rebound_penalty * m["rebound"]
+def stability_score(m: dict[str, Any], obj: ObjectiveSpec) -> float:
+    """final_prob − λ·rebound: the first objective of both modes."""
+    return m["final_prob"] - obj.rebound_penalty * m["rebound"]
+
+
+def fact_score(m: dict[str, Any], obj: ObjectiveSpec) -> float:
+    """The single-objective score of one edit (the trial value is the mean over facts)."""
+    s = stability_score(m, obj)
     if obj.paraphrase_weight and m["paraphrase_prob"] is not None:
         s += obj.paraphrase_weight * m["paraphrase_prob"]
     if obj.neighborhood_weight and m["specificity"] is not None:
@@ -34,15 +43,14 @@ def fact_score(m: dict[str, Any], cfg: StudyConfig) -> float:
     return s
 
 
-def _r(x: Any) -> Any:
+def _rounded(x: Any) -> Any:
     return round(x, 5) if isinstance(x, float) else x
 
 
 class Objective:
-    def __init__(self, cfg: StudyConfig, editor: Any, facts: list[Fact], knobs: list[Knob],
-                 fixed: dict[str, Any], *, fingerprint: str, device: str) -> None:
-        self.cfg, self.editor, self.facts = cfg, editor, facts
-        self.knobs, self.fixed = knobs, fixed
+    def __init__(self, cfg: StudyConfig, editor: Any, facts: list[Fact], space: SearchSpace, *,
+                 fingerprint: str, device: str) -> None:
+        self.cfg, self.editor, self.facts, self.space = cfg, editor, facts, space
         self.fingerprint, self.device = fingerprint, device
         self.worker = {"host": socket.gethostname(), "pid": os.getpid(), "device": device}
         self.current: int | None = None  # number of the trial being run, for interrupt handling
@@ -50,8 +58,11 @@ class Objective:
     def __call__(self, trial: Any) -> float | tuple[float, float]:
         import optuna
 
+        from tuner.study.notes import save_trial_note
+
         self.current = trial.number
-        hp = suggest(trial, self.knobs, self.fixed, self.cfg.base_hparams)
+        obj = self.cfg.objective
+        hp = self.space.suggest(trial, self.cfg.hparams)
         trial.set_user_attr("worker", self.worker)
         trial.set_user_attr("hparams", hp.to_dict())
         trial.set_user_attr("fingerprint", self.fingerprint)
@@ -62,7 +73,7 @@ class Objective:
             for i, fact in enumerate(self.facts):
                 t_fact = time.perf_counter()
                 result = self.editor.edit(fact, hp)
-                m = {k: _r(result.metrics[k]) for k in KEEP}
+                m = {k: _rounded(result.metrics[k]) for k in STORED_METRICS}
                 m["case_id"] = fact.case_id
                 m["seconds"] = round(time.perf_counter() - t_fact, 4)
                 m["compute_seconds"] = round(sum(result.timings.values()), 4)
@@ -71,9 +82,9 @@ class Objective:
                 per_fact.append(m)
                 trajectories.append({"prob": [round(p, 4) for p in result.trajectory["prob"]],
                                      "loss": [round(v, 4) for v in result.trajectory["loss"]]})
-                scores.append(fact_score(result.metrics, self.cfg))
+                scores.append(fact_score(result.metrics, obj))
                 running = sum(scores) / len(scores)
-                if not self.cfg.objective.multi_objective:
+                if not obj.multi_objective:
                     trial.report(running, step=i)
                     if trial.should_prune():
                         raise optuna.TrialPruned(f"running mean {running:.4f} after {i + 1} facts")
@@ -90,33 +101,13 @@ class Objective:
             trial.set_user_attr("seconds", round(time.perf_counter() - t0, 3))
             trial.set_user_attr("compute_seconds", round(sum(m["compute_seconds"] for m in per_fact), 3))
             if per_fact:
-                from optuna_dashboard import save_note
-
-                from tuner.report.dashboard import trial_note
-
-                save_note(trial, trial_note(per_fact, hp.to_dict()))
+                save_trial_note(trial, per_fact, hp)
                 n = len(per_fact)
-                trial.set_user_attr("mean", {k: _r(sum(m[k] or 0.0 for m in per_fact) / n) for k in
-                                             ("final_prob", "rebound", "peak_prob", "efficacy", "specificity",
-                                              "paraphrase", "oscillation", "final_loss")})
-        if self.cfg.objective.multi_objective:
+                trial.set_user_attr("mean", {k: _rounded(sum(m[k] or 0.0 for m in per_fact) / n)
+                                             for k in MEAN_METRICS})
+        if obj.multi_objective:
             n = len(per_fact)
-            eff = sum(m["final_prob"] - self.cfg.objective.rebound_penalty * m["rebound"] for m in per_fact) / n
-            spec = sum((m["specificity"] if m["specificity"] is not None else 1.0) for m in per_fact) / n
-            return eff, spec
+            stability = sum(stability_score(m, obj) for m in per_fact) / n
+            specificity = sum((m["specificity"] if m["specificity"] is not None else 1.0) for m in per_fact) / n
+            return stability, specificity
         return sum(scores) / len(scores)
-
-
-def select_facts(cfg: StudyConfig) -> list[Fact]:
-    """The study's fixed, seeded subset of K facts (the same for every trial and worker)."""
-    import random
-
-    from tuner.errors import ConfigError
-    from tuner.facts.schema import load_facts
-
-    facts = load_facts(cfg.resolve(cfg.facts.path))
-    k = cfg.facts.per_trial
-    if k > len(facts):
-        raise ConfigError(f"facts.per_trial {k} exceeds the {len(facts)} facts in {cfg.facts.path}")
-    idx = random.Random(cfg.facts.seed).sample(range(len(facts)), k)
-    return [facts[i] for i in idx]

@@ -1,16 +1,17 @@
 """Create or load the study. The study carries its own config (user attr ``config``) and trial
-budget, so a worker on another machine needs only the storage URL and the study name."""
+budget, so a worker on another machine needs only the storage URL and the study name.
+
+    tuner launch --create-only --storage URL      # create it (idempotent), run nothing"""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import random
 from typing import Any
 
-from tuner.config import StudyConfig
 from tuner.errors import ConfigError, StudyError
-from tuner.study.space import Knob, parse_space
+from tuner.study.config import StudyConfig
+from tuner.study.space import SearchSpace
 from tuner.study.storage import redact, study_names
 
 N_STARTUP = 10  # seeded random trials enqueued at creation: the same first trials for any worker count
@@ -23,36 +24,15 @@ def config_hash(cfg: StudyConfig) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def model_adapter(cfg: StudyConfig) -> tuple[Any, int]:
-    """(adapter, number of layers) of the study's model, read without loading weights."""
-    from tuner.rome.adapters import detect_adapter
+def bound_space(cfg: StudyConfig) -> SearchSpace:
+    """The study's search space checked against its model's depth (read without loading weights)."""
+    from tuner.models.load import model_adapter
 
-    overrides = cfg.model.adapter or None
-    if cfg.model.name == "default":
-        from tuner.models.build import BuildSpec
-
-        return detect_adapter(None, family=cfg.model.family or cfg.model.arch, overrides=overrides), BuildSpec().n_layers
-    from transformers import AutoConfig
-
-    try:
-        config = AutoConfig.from_pretrained(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code,
-                                            local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read the config of model {cfg.model.name!r}: {str(exc).splitlines()[0]}") from None
-    adapter = detect_adapter(config, family=cfg.model.family, overrides=overrides)
-    return adapter, adapter.n_layers(config)
-
-
-def model_depth(cfg: StudyConfig) -> int:
-    return model_adapter(cfg)[1]
-
-
-def validated_space(cfg: StudyConfig) -> tuple[list[Knob], dict[str, Any]]:
-    depth = model_depth(cfg)
-    knobs, fixed = parse_space(cfg.search, n_layers=depth)
-    if "layer" not in cfg.search and cfg.base_hparams.layer >= depth:
-        raise ConfigError(f"hparams.layer {cfg.base_hparams.layer} exceeds the model's {depth} layers")
-    return knobs, fixed
+    depth = model_adapter(cfg.model)[1]
+    space = cfg.search.bind(depth)
+    if "layer" not in space.names and cfg.hparams.layer >= depth:
+        raise ConfigError(f"hparams.layer {cfg.hparams.layer} exceeds the model's {depth} layers")
+    return space
 
 
 def make_sampler(cfg: StudyConfig, seed: int | None = None) -> Any:
@@ -86,24 +66,19 @@ def metric_names(cfg: StudyConfig) -> list[str]:
     return ["score"]
 
 
-def startup_params(cfg: StudyConfig, knobs: list[Knob], budget: int,
+def startup_params(cfg: StudyConfig, space: SearchSpace, budget: int,
                    layer_seeds: list[int] | None = None) -> list[dict[str, Any]]:
-    """The first trials: seeded random draws, identical whatever the number of workers. At most a
-    fifth of the budget, so retried trials (queued behind them) still run within it."""
-    rng = random.Random(cfg.seed)
-    out = []
-    for _ in range(min(N_STARTUP, max(1, budget // 5)) if knobs else 0):
-        params: dict[str, Any] = {}
-        for k in knobs:
-            if k.kind == "categorical":
-                params[k.name] = rng.choice(list(k.choices))
-            elif k.log:
-                import math
+    """The first trials, identical whatever the number of workers: drawn at creation by Optuna's
+    RandomSampler (seeded with the study's seed) through the same ``suggest`` as every trial, then
+    enqueued. At most a fifth of the budget, so retried trials (queued behind them) still run."""
+    import optuna
 
-                v = math.exp(rng.uniform(math.log(k.low), math.log(k.high)))
-                params[k.name] = int(round(v)) if k.kind == "int" else v
-            else:
-                params[k.name] = rng.randint(int(k.low), int(k.high)) if k.kind == "int" else rng.uniform(k.low, k.high)
+    draws = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=cfg.seed))
+    out = []
+    for _ in range(min(N_STARTUP, max(1, budget // 5)) if space.dimensions else 0):
+        trial = draws.ask()
+        space.suggest(trial, cfg.hparams)
+        params = dict(trial.params)
         if layer_seeds and "layer" in params:  # causal-trace seeding: start at the top MLP layers
             params["layer"] = layer_seeds[len(out) % len(layer_seeds)]
         out.append(params)
@@ -115,7 +90,7 @@ def create_or_resume(storage: Any, url: str, cfg: StudyConfig, name: str, budget
     """(study, created). Refuses to resume a study made from a different config."""
     import optuna
 
-    knobs, _ = validated_space(cfg)
+    space = bound_space(cfg)
     if name in study_names(storage):
         study = optuna.load_study(study_name=name, storage=storage)
         stored = study.user_attrs.get("config_hash")
@@ -136,12 +111,13 @@ def create_or_resume(storage: Any, url: str, cfg: StudyConfig, name: str, budget
         study.set_user_attr("budget", budget)
         seeds = None
         if trace is not None:
-            layer_knob = next((k for k in knobs if k.name == "layer"), None)
-            if layer_knob is not None:
-                seeds = [l for l in trace["top_mlp_layers"] if layer_knob.low <= l <= layer_knob.high][:top_k]
+            layer = next((d for d in space.dimensions if d.name == "layer"), None)
+            if layer is not None:
+                allowed = layer.choices if layer.kind == "categorical" else range(int(layer.low), int(layer.high) + 1)
+                seeds = [n for n in trace["top_mlp_layers"] if n in allowed][:top_k]
             study.set_user_attr("trace", {**{k: trace[k] for k in ("effects", "top_mlp_layers", "traced", "noise")},
                                           "seeded_layers": seeds or []})
-        for params in startup_params(cfg, knobs, budget, seeds):
+        for params in startup_params(cfg, space, budget, seeds):
             study.enqueue_trial(params, skip_if_exists=False)
     except BaseException:
         optuna.delete_study(study_name=name, storage=storage)  # never leave a half-made study

@@ -1,4 +1,4 @@
-"""The search space, read from the study YAML's ``search`` mapping:
+"""The search space, read once from the study YAML's ``search`` mapping:
 
     search:
       layer: {low: 0, high: 3}            # int range (or `all`: every layer of the model)
@@ -6,97 +6,143 @@
       lr_schedule: [constant, cosine]     # categorical
       kl_factor: 0.0625                   # fixed (same as setting it under hparams)
 
-Names must be ROME hyperparameters; bounds are checked here, with one line naming the key."""
+Names must be ROME knobs (``tuner.rome.hparams.KNOBS``); whether a range is int or float comes
+from the knob's type, bounds are checked by the knob's own check, with one line naming the key.
+Fixed values are merged into the study's hyperparameters; ``SearchSpace`` keeps the ranges.
+
+    space = SearchSpace.parse(search).bind(n_layers)
+    hp = space.suggest(trial, base_hparams)        # Optuna's suggest_* → ROMEHyperParams
+"""
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from tuner.errors import ConfigError
-from tuner.rome.hparams import ROMEHyperParams
+from tuner.rome.hparams import KNOBS, ROMEHyperParams
 
-SEARCHABLE = {f.name: f for f in dataclasses.fields(ROMEHyperParams)} 
-INT_KNOBS = {"layer", "v_num_grad_steps", "mom2_n_samples", "seed"}
+ALL_LAYERS = "all"
 
 
 @dataclass(frozen=True)
-class Knob:
+class Dimension:
+    """One searched knob."""
+
     name: str
-    kind: str  # "int" | "float" | "categorical"
+    kind: Literal["int", "float", "categorical"]
     low: float | None = None
     high: float | None = None
+    """``None`` for ``layer: all`` until ``SearchSpace.bind`` knows the model's depth."""
     log: bool = False
     choices: tuple[Any, ...] = ()
 
-    def distribution(self) -> Any:
-        from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-
+    def suggest(self, trial: Any) -> Any:
+        """Ask Optuna's trial for a value: the one place that dispatches on ``kind``."""
         if self.kind == "categorical":
-            return CategoricalDistribution(list(self.choices))
+            return trial.suggest_categorical(self.name, list(self.choices))
         if self.kind == "int":
-            return IntDistribution(int(self.low), int(self.high), log=self.log)
-        return FloatDistribution(float(self.low), float(self.high), log=self.log)
+            return trial.suggest_int(self.name, int(self.low), int(self.high), log=self.log)
+        return trial.suggest_float(self.name, float(self.low), float(self.high), log=self.log)
+
+    def to_spec(self) -> Any:
+        """The YAML form this dimension was parsed from."""
+        if self.kind == "categorical":
+            return list(self.choices)
+        if self.high is None:
+            return ALL_LAYERS
+        spec: dict[str, Any] = {"low": self.low, "high": self.high}
+        if self.log:
+            spec["log"] = True
+        return spec
 
 
-def parse_space(search: dict[str, Any], *, n_layers: int | None = None) -> tuple[list[Knob], dict[str, Any]]:
-    """(searched knobs, fixed values). ``n_layers`` checks the layer range when known."""
-    knobs, fixed = [], {}
-    for name, spec in search.items():
-        key = f"search.{name}"
-        if name not in SEARCHABLE:
-            raise ConfigError(f"{key}: unknown hyperparameter; searchable: {', '.join(sorted(SEARCHABLE))}")
-        if name == "layer" and spec == "all":
-            if n_layers is None:
-                raise ConfigError(f"{key}: 'all' needs the model's depth")
-            spec = {"low": 0, "high": n_layers - 1}
-        if isinstance(spec, list):
-            if not spec:
-                raise ConfigError(f"{key}: empty list of choices")
-            for choice in spec:  # validate each choice as a hyperparameter value
-                ROMEHyperParams.from_dict({name: choice})
-            knobs.append(Knob(name, "categorical", choices=tuple(spec)))
-        elif isinstance(spec, dict):
-            unknown = set(spec) - {"low", "high", "log"}
-            if unknown:
-                raise ConfigError(f"{key}: unknown key {sorted(unknown)[0]}; use low, high, log")
-            if "low" not in spec or "high" not in spec:
-                raise ConfigError(f"{key}: needs both low and high")
-            low, high, log = spec["low"], spec["high"], bool(spec.get("log", False))
-            for bound, value in (("low", low), ("high", high)):
-                if isinstance(value, bool) or not isinstance(value, (int, float)):
-                    raise ConfigError(f"{key}.{bound}: expected a number, got {value!r}")
-            if low > high:
-                raise ConfigError(f"{key}: low ({low}) > high ({high})")
-            if log and low <= 0:
-                raise ConfigError(f"{key}: log scale needs low > 0, got {low}")
-            kind = "int" if name in INT_KNOBS else "float"
-            if kind == "int" and (int(low) != low or int(high) != high):
-                raise ConfigError(f"{key}: bounds must be integers")
-            ROMEHyperParams.from_dict({name: int(low) if kind == "int" else float(low)})
-            ROMEHyperParams.from_dict({name: int(high) if kind == "int" else float(high)})
-            knobs.append(Knob(name, kind, low, high, log))
-        else:
-            ROMEHyperParams.from_dict({name: spec})
-            fixed[name] = spec
-    if n_layers is not None:
-        for k in knobs:
-            if k.name == "layer" and (k.low < 0 or k.high > n_layers - 1):
-                raise ConfigError(f"search.layer: range {int(k.low)}-{int(k.high)} exceeds the model's {n_layers} layers (0-{n_layers - 1})")
-        layer = fixed.get("layer")
-        if layer is not None and not 0 <= layer < n_layers:
-            raise ConfigError(f"search.layer: {layer} exceeds the model's {n_layers} layers (0-{n_layers - 1})")
-    return knobs, fixed
+@dataclass(frozen=True)
+class SearchSpace:
+    dimensions: tuple[Dimension, ...] = ()
+
+    @classmethod
+    def parse(cls, search: dict[str, Any], *, where: str = "search") -> tuple[SearchSpace, dict[str, Any]]:
+        """(the searched dimensions, the values the mapping fixes)."""
+        if not isinstance(search, dict):
+            raise ConfigError(f"{where}: expected a mapping of hyperparameter names, got {search!r}")
+        dims, fixed = [], {}
+        for name, spec in search.items():
+            key = f"{where}.{name}"
+            k = KNOBS.get(name)
+            if k is None or not k.searchable:
+                searchable = ", ".join(n for n, v in KNOBS.items() if v.searchable)
+                raise ConfigError(f"{key}: unknown hyperparameter; searchable: {searchable}")
+            if isinstance(spec, list):
+                if not spec:
+                    raise ConfigError(f"{key}: empty list of choices")
+                for choice in spec:  # each choice must be a valid value of the knob
+                    ROMEHyperParams.from_dict({name: choice}, where=where)
+                dims.append(Dimension(name, "categorical", choices=tuple(spec)))
+            elif name == "layer" and spec == ALL_LAYERS:
+                dims.append(Dimension(name, "int", low=0, high=None))
+            elif isinstance(spec, dict):
+                dims.append(_range(k, spec, key, where))
+            else:
+                ROMEHyperParams.from_dict({name: spec}, where=where)
+                fixed[name] = spec
+        return cls(tuple(dims)), fixed
+
+    def bind(self, n_layers: int) -> SearchSpace:
+        """Resolve ``layer: all`` and check the layer range against the model's depth."""
+        dims = []
+        for d in self.dimensions:
+            if d.name == "layer" and d.kind == "int":
+                if d.high is None:
+                    d = Dimension("layer", "int", low=0, high=n_layers - 1)
+                if d.low < 0 or d.high > n_layers - 1:
+                    raise ConfigError(f"search.layer: range {int(d.low)}-{int(d.high)} exceeds the model's "
+                                      f"{n_layers} layers (0-{n_layers - 1})")
+            if d.name == "layer" and d.kind == "categorical" and any(not 0 <= c < n_layers for c in d.choices):
+                raise ConfigError(f"search.layer: choices {list(d.choices)} exceed the model's {n_layers} layers "
+                                  f"(0-{n_layers - 1})")
+            dims.append(d)
+        return SearchSpace(tuple(dims))
+
+    def suggest(self, trial: Any, base: ROMEHyperParams) -> ROMEHyperParams:
+        return base.replace(**{d.name: d.suggest(trial) for d in self.dimensions})
+
+    @property
+    def names(self) -> list[str]:
+        return [d.name for d in self.dimensions]
+
+    @property
+    def log_names(self) -> set[str]:
+        return {d.name for d in self.dimensions if d.log}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {d.name: d.to_spec() for d in self.dimensions}
 
 
-def suggest(trial: Any, knobs: list[Knob], fixed: dict[str, Any], base: ROMEHyperParams) -> ROMEHyperParams:
-    values = dict(fixed)
-    for k in knobs:
-        if k.kind == "categorical":
-            values[k.name] = trial.suggest_categorical(k.name, list(k.choices))
-        elif k.kind == "int":
-            values[k.name] = trial.suggest_int(k.name, int(k.low), int(k.high), log=k.log)
-        else:
-            values[k.name] = trial.suggest_float(k.name, float(k.low), float(k.high), log=k.log)
-    return base.replace(**values)
+def _range(k: Any, spec: dict[str, Any], key: str, where: str) -> Dimension:
+    unknown = set(spec) - {"low", "high", "log"}
+    if unknown:
+        raise ConfigError(f"{key}: unknown key {sorted(unknown)[0]}; use low, high, log")
+    if "low" not in spec or "high" not in spec:
+        raise ConfigError(f"{key}: needs both low and high")
+    if k.kind not in ("int", "float"):
+        raise ConfigError(f"{key}: a range needs a numeric hyperparameter; give a list of choices instead")
+    low, high, log = spec["low"], spec["high"], spec.get("log", False)
+    if not isinstance(log, bool):
+        raise ConfigError(f"{key}.log: expected true or false, got {log!r}")
+    for bound, value in (("low", low), ("high", high)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}.{bound}: expected a number, got {value!r}")
+    if low > high:
+        raise ConfigError(f"{key}: low ({low}) > high ({high})")
+    if log and low <= 0:
+        raise ConfigError(f"{key}: log scale needs low > 0, got {low}")
+    if k.kind == "int":
+        if int(low) != low or int(high) != high:
+            raise ConfigError(f"{key}: bounds must be integers")
+        low, high = int(low), int(high)
+    else:
+        low, high = float(low), float(high)
+    for value in (low, high):
+        k.check(value, where)
+    return Dimension(k.name, k.kind, low, high, log)

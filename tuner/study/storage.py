@@ -1,6 +1,8 @@
 """Storage URLs: one function turns ``--storage``/``TUNER_STORAGE``/the default into an Optuna
 RDB storage. SQLite for one machine, PostgreSQL (``postgresql+psycopg://``) for several.
-Passwords never appear in messages (``redact``)."""
+Passwords never appear in messages (``redact``).
+
+    tuner status --storage postgresql://user:pw@host:5432/tuner"""
 
 from __future__ import annotations
 
@@ -45,13 +47,9 @@ def heartbeat_settings() -> tuple[int, int]:
 
 
 def make_storage(url: str | None, *, heartbeat: bool = True) -> Any:
-    import warnings
-
     import optuna
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
     from sqlalchemy.exc import SQLAlchemyError
-
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
     url = resolve_url(url)
     if url.startswith("sqlite:///"):
@@ -69,7 +67,6 @@ def make_storage(url: str | None, *, heartbeat: bool = True) -> Any:
         kwargs = dict(heartbeat_interval=interval, grace_period=grace,
                       heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
     try:
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
         return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
     except (SQLAlchemyError, OSError, ValueError) as exc:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]

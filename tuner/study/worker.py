@@ -1,8 +1,11 @@
 """``tuner worker``: join a study, load the model once, run trials until the global budget is met.
 
+    tuner worker --study default --storage postgresql://user:pw@host/db --device cuda:1
+
 A trial starts only while finished (complete + pruned) + running < budget, counted across every
-worker on every machine, or when a retried trial is waiting. Killed workers' trials are failed
-by heartbeat and re-enqueued (``RetryFailedTrialCallback``)."""
+worker on every machine, or when a retried trial is waiting. A killed worker's trial is failed
+once its heartbeat is stale and re-enqueued as WAITING by the storage's
+``RetryHeartbeatStaleTrialCallback`` (``tuner.study.storage.make_storage``)."""
 
 from __future__ import annotations
 
@@ -64,15 +67,15 @@ def ensure_baseline(study: Any, cfg: Any, editor: Any, facts: list) -> None:
     """ROME's textbook hyperparameters on the same facts: what every study is compared with."""
     if "baseline" in study.user_attrs:
         return
-    from tuner.rome.hparams import textbook
+    from tuner.rome.hparams import preset
     from tuner.study.objective import fact_score
 
-    hp = textbook(editor.n_layers, cfg.base_hparams)
+    hp = preset("textbook", cfg.hparams, n_layers=editor.n_layers)
     metrics = [editor.edit(f, hp).metrics for f in facts]
     n = len(metrics)
     study.set_user_attr("baseline", {
         "hparams": hp.to_dict(),
-        "score": sum(fact_score(m, cfg) for m in metrics) / n,
+        "score": sum(fact_score(m, cfg.objective) for m in metrics) / n,
         "final_prob": sum(m["final_prob"] for m in metrics) / n,
         "rebound": sum(m["rebound"] for m in metrics) / n,
         "efficacy": sum(m["efficacy"] for m in metrics) / n,
@@ -96,17 +99,16 @@ def run_worker(url: str | None, name: str, *, device: str | None = None, threads
     import optuna
     import torch
 
-    from tuner.models.load import load_model
-    from tuner.study.objective import Objective, select_facts
-    from tuner.study.setup import load_existing, make_pruner, make_sampler, validated_space
+    from tuner.study.objective import Objective
+    from tuner.study.setup import bound_space, load_existing, make_pruner, make_sampler
     from tuner.study.storage import make_storage, resolve_url
 
     url = resolve_url(url)
     storage = make_storage(url)
-    _, cfg = load_existing(storage, url, name)
-    knobs, fixed = validated_space(cfg)
-    facts = select_facts(cfg)
-    loaded = load_model(cfg, device=device, progress=not quiet)
+    _, cfg = load_existing(storage, url, name)  # the config is parsed once, here
+    space = bound_space(cfg)
+    facts = cfg.select_facts()
+    loaded = cfg.load_model(device=device, progress=not quiet)
     if loaded.device == "cpu":
         # Several CPU workers on one machine must not oversubscribe the cores: OpenMP threads
         # spin-wait, and 2 workers × all cores ran ~10× slower than 2 × 1 thread here.
@@ -122,7 +124,7 @@ def run_worker(url: str | None, name: str, *, device: str | None = None, threads
     study = optuna.load_study(study_name=name, storage=storage,
                               sampler=make_sampler(cfg, seed=cfg.seed + offset), pruner=make_pruner(cfg))
     ensure_baseline(study, cfg, editor, facts)
-    objective = Objective(cfg, editor, facts, knobs, fixed, fingerprint=loaded.fingerprint, device=loaded.device)
+    objective = Objective(cfg, editor, facts, space, fingerprint=loaded.fingerprint, device=loaded.device)
     log.info("worker %d on %s joined study %r (%d facts per trial)", os.getpid(), loaded.device, name, len(facts))
     ran, failures = 0, 0
     while True:

@@ -1,0 +1,122 @@
+"""The study definition: one YAML file (``studies/*.yaml``), parsed once into typed objects.
+
+    cfg = StudyConfig.load("studies/default.yaml")
+    cfg.hparams          # ROMEHyperParams: the fixed knobs (search's fixed values merged in)
+    cfg.search           # SearchSpace: the searched knobs
+    cfg.model, cfg.facts, cfg.objective
+
+Relative paths in the file are resolved against the file's own directory, then the working
+directory (``tuner.paths.resolve_path``), so a study stored in a database resolves on another
+machine's checkout too."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from tuner.errors import ConfigError
+from tuner.facts.selection import FactSpec
+from tuner.models.spec import ModelSpec
+from tuner.paths import resolve_path
+from tuner.rome.hparams import ROMEHyperParams
+from tuner.strict import from_mapping, read_yaml
+from tuner.study.space import SearchSpace
+
+__all__ = ["FactSpec", "ModelSpec", "ObjectiveSpec", "StudyConfig"]
+
+
+@dataclass(frozen=True)
+class ObjectiveSpec:
+    rebound_penalty: float = 1.0
+    """λ in  score = final_prob − λ·rebound  (per fact; the trial value is the mean)."""
+    paraphrase_weight: float = 0.0
+    neighborhood_weight: float = 0.0
+    multi_objective: bool = False
+    """Two objectives (efficacy − λ·rebound, specificity), both maximised: a Pareto front."""
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    name: str = "default"
+    seed: int = 0
+    model: ModelSpec = field(default_factory=ModelSpec)
+    facts: FactSpec = field(default_factory=FactSpec)
+    hparams: ROMEHyperParams = field(default_factory=ROMEHyperParams)
+    search: SearchSpace = field(default_factory=SearchSpace)
+    objective: ObjectiveSpec = field(default_factory=ObjectiveSpec)
+    sampler: Literal["tpe", "gp", "random"] = "tpe"
+    pruner: Literal["median", "none", "hyperband"] = "median"
+    trials: int = 200
+    description: str = ""
+    base_dir: str = "."
+    """Directory the relative paths are resolved against (set by ``load``)."""
+
+    def __post_init__(self) -> None:
+        if self.trials < 1:
+            raise ConfigError(f"trials must be >= 1, got {self.trials}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, base_dir: str | Path = ".") -> StudyConfig:
+        data = {**data, "base_dir": str(data.get("base_dir", base_dir))}
+        search, fixed = SearchSpace.parse(data.pop("search", None) or {})
+        hparams = data.pop("hparams", None) or {}
+        if not isinstance(hparams, dict):
+            raise ConfigError(f"hparams: expected a mapping, got {hparams!r}")
+        hp = ROMEHyperParams.from_dict(hparams).replace(**fixed)  # `search: {x: value}` fixes x
+        return dataclasses.replace(from_mapping(cls, data), hparams=hp, search=search)
+
+    @classmethod
+    def load(cls, path: str | Path) -> StudyConfig:
+        path = Path(path)
+        data = read_yaml(path)
+        if "base_dir" in data:
+            raise ConfigError(f"{path}: unknown key base_dir")
+        try:
+            return cls.from_dict(data, base_dir=path.parent.resolve())
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values: what ``from_dict`` reads back (stored in the study, hashed for resumes)."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for key in ("model", "facts", "objective"):
+            d[key] = dataclasses.asdict(d[key])
+        d["hparams"] = self.hparams.to_dict()
+        d["search"] = self.search.to_dict()
+        return d
+
+    def to_yaml(self) -> str:
+        d = self.to_dict()
+        d.pop("base_dir")
+        return yaml.safe_dump(d, sort_keys=False, allow_unicode=True)
+
+    def resolve(self, path: str) -> Path:
+        return resolve_path(self.base_dir, path)
+
+    def replace(self, **changes: Any) -> StudyConfig:
+        return dataclasses.replace(self, **changes)
+
+    # -- what the study's files describe ---------------------------------------------------
+    def select_facts(self) -> list[Any]:
+        """The fixed, seeded subset of facts every trial edits."""
+        from tuner.facts.selection import select_facts
+
+        return select_facts(self.facts, self.resolve(self.facts.path))
+
+    def build_default_model(self, *, seed: int = 0, force: bool = False, progress: bool = True) -> Path:
+        """Train (or reuse) the embedded default model this study names."""
+        from tuner.models.load import build_default
+
+        return build_default(self.model, resolve=self.resolve, edits=self.resolve(self.facts.path), seed=seed,
+                             force=force, progress=progress)
+
+    def load_model(self, *, device: str | None = None, progress: bool = True) -> Any:
+        """The study's model, loaded once (``tuner.models.load.LoadedModel``)."""
+        from tuner.models.load import load_model
+
+        return load_model(self.model, resolve=self.resolve, edits=self.resolve(self.facts.path), device=device,
+                          progress=progress)

@@ -1,0 +1,30 @@
+"""The markdown note stored with every trial, shown by optuna-dashboard beside the trial."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tuner.rome.hparams import KNOBS, ROMEHyperParams
+
+FACT_COLUMNS = ("case_id", "final_prob", "peak_prob", "rebound", "efficacy", "paraphrase", "specificity",
+                "early_stopped", "seconds")
+
+
+def _cell(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def trial_note(per_fact: list[dict[str, Any]], hp: ROMEHyperParams) -> str:
+    """Per-fact metrics and every hyperparameter (one row per knob of ``KNOBS``)."""
+    cols = [c for c in FACT_COLUMNS if any(c in m for m in per_fact)]
+    lines = ["### Per-fact metrics", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(_cell(m.get(c)) for c in cols) + " |" for m in per_fact]
+    lines += ["", "### Hyperparameters", ""]
+    lines += [f"- `{name}` = {getattr(hp, name)}  <small>{k.help}</small>" for name, k in KNOBS.items()]
+    return "\n".join(lines)
+
+
+def save_trial_note(trial: Any, per_fact: list[dict[str, Any]], hp: ROMEHyperParams) -> None:
+    from optuna_dashboard import save_note
+
+    save_note(trial, trial_note(per_fact, hp))
