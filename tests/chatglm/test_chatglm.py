@@ -102,7 +102,7 @@ def test_invariants_hold(loaded, facts):
     from tuner.rome.hparams import ROMEHyperParams
 
     ed = loaded.editor(progress=False)
-    hp = ROMEHyperParams(layer=1, v_num_grad_steps=8, mom2_n_samples=2000)
+    hp = ROMEHyperParams(layer=1, v_num_grad_steps=8, mom2_n_tokens=2000)
     before = {k: v.clone() for k, v in ed.model.state_dict().items()}
     fact = facts[0]
     with ed.edited(fact, hp) as plan:
@@ -145,3 +145,22 @@ def test_edit_success_comparable_to_llama_layout(loaded, default_model, facts):
     llama, llama_layers = best_layer_efficacy(default_model)
     print(f"efficacy per layer: chatglm-style {glm_layers}, llama {llama_layers}")
     assert glm >= 0.5 and glm >= llama - 0.3
+
+
+def test_engine_equals_a_plain_rome_loop_on_chatglm(loaded, facts):
+    """Sequence-first, left-padded, [gMASK] <sop>-prefixed: still exactly ROME's loop."""
+    from tests.rome.test_rome_semantics import HP, assert_engine_is_rome
+
+    ed = loaded.editor(progress=False)
+    assert ed.adapter.seq_first and ed.adapter.padding_side == "left"
+    assert_engine_is_rome(ed, facts[5], HP)
+
+
+def test_inspect_reads_the_chatglm_layout(loaded):
+    from tuner.models.inspect import inspect_model
+
+    facts = inspect_model(loaded, trust_remote_code=True, ships_code=True)
+    assert facts["activation_layout"].startswith("sequence-first")
+    assert facts["prefix_tokens"] == ["[gMASK]", "<sop>"] and facts["padding_side"] == "left"
+    assert facts["modules"]["rewrite"]["resolved"].endswith("mlp.dense_4h_to_h")
+    assert facts["norm_before_mlp"]["module"].endswith("post_attention_layernorm")

@@ -22,9 +22,12 @@ def test_edit_json_has_the_documented_keys(default_model):
     proc = run_cli("edit", "--fact", "3", "--layer", "0", "--steps", "12", "--json")
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
-    for key in ("final_prob", "peak_prob", "rebound", "efficacy", "paraphrase", "specificity"):
+    for key in ("final_prob", "peak_prob", "rebound", "efficacy", "paraphrase", "specificity", "early_stopped",
+                "update_norm", "division_factor", "gen_entropy", "gen_entropy_drop", "disabling_edit"):
         assert key in out["metrics"]
-    assert len(out["trajectory"]["prob"]) == 12
+    n = out["metrics"]["n_steps"]
+    assert len(out["trajectory"]["prob"]) == n and (n == 12 or out["metrics"]["early_stopped"])
+    assert out["context_templates"][0] == "{}"
     assert out["hparams"]["layer"] == 0 and out["hparams"]["v_num_grad_steps"] == 12
     assert set(out["timings"]) == {"stats", "k_star", "v_star", "update", "eval"}
 

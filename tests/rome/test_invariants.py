@@ -13,7 +13,7 @@ from tuner.rome.module_io import module_io_at
 from tuner.rome.hooks import get_module
 from tuner.rome.hparams import ROMEHyperParams
 
-HP = ROMEHyperParams(layer=1, v_num_grad_steps=6, v_lr=0.5, v_weight_decay=0.01, mom2_n_samples=600,
+HP = ROMEHyperParams(layer=1, v_num_grad_steps=6, v_lr=0.5, v_weight_decay=0.01, mom2_n_tokens=600,
                      context_template_length_params=((3, 3),))
 
 
@@ -34,8 +34,8 @@ def test_update_maps_key_to_v_star_and_restores_bit_exactly(tiny_editor, facts, 
                                before[ed.adapter.rewrite.format(HP.layer) + ".weight"])
     after = _state(ed.model)
     assert all(torch.equal(before[k], after[k]) for k in before)
-    assert len(plan.trajectory["loss"]) == HP.v_num_grad_steps
-    assert all(len(v) == HP.v_num_grad_steps for v in plan.trajectory.values())
+    assert len(plan.v.trajectory["loss"]) == HP.v_num_grad_steps
+    assert all(len(v) == HP.v_num_grad_steps for v in plan.v.trajectory.values())
 
 
 @pytest.mark.parametrize("model_type", ["gpt2", "llama"])
@@ -49,7 +49,7 @@ def test_mom2_update_leaves_c_inverse_orthogonal_keys_unchanged(tiny_editor, fac
     ed = tiny_editor(model_type)
     fact = facts[1]
     module = get_module(ed.model, ed.adapter.rewrite.format(hp.layer))
-    c = ed.mom2(hp.layer, hp.mom2_n_samples).double()
+    c = ed.mom2(hp.layer, hp.mom2_n_tokens).double()
     k_star = compute_k(ed.model, ed.tok, ed.adapter, hp.layer, fact.prompt, fact.subject,
                        ed.context_templates(hp), hp.fact_token).double()
     c_inv_k = torch.linalg.solve(c, k_star)

@@ -18,7 +18,7 @@ from tuner.errors import TunerError
 
 # Each subcommand module registers its own parser (``register(sub)``) and names its entry point
 # as "module:function", imported only when that subcommand runs (``tuner --help`` stays light).
-SUBCOMMANDS = ("tuner.cli.edit", "tuner.cli.model", "tuner.cli.study_commands", "tuner.cli.trace")
+SUBCOMMANDS = ("tuner.cli.edit", "tuner.cli.model", "tuner.cli.study_commands", "tuner.cli.trace", "tuner.cli.inspect")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -77,7 +77,7 @@ def launch(args: argparse.Namespace) -> int:
     return done.exit_code
 
 
-def summarize(study: Any, cfg: Any) -> tuple[Path, Path] | None:
+def summarize(study: Any, cfg: Any) -> list[Path] | None:
     """Print the outcome of a finished study, export its best setting and write its report."""
     from tuner.paths import storage_root
     from tuner.report.html import write_report
@@ -87,10 +87,15 @@ def summarize(study: Any, cfg: Any) -> tuple[Path, Path] | None:
     counts = count_trials(study)
     print(f"study {study.study_name!r}: {counts.complete} complete, {counts.pruned} pruned, "
           f"{counts.failed} failed")
-    if not counts.complete:
-        print("no completed trial: nothing to export")
+    from tuner.errors import StudyError
+
+    if counts.infeasible:
+        print(f"{counts.infeasible} complete trial(s) infeasible: a disabling edit (never exported as best)")
+    try:
+        trial = best_trial(study)
+    except StudyError:
+        print("no completed feasible trial: nothing to export")
         return None
-    trial = best_trial(study)
     values = ", ".join(f"{v:.4f}" for v in trial.values)
     if len(study.directions) > 1:
         names = " vs ".join(study.metric_names or [])
@@ -109,7 +114,8 @@ def summarize(study: Any, cfg: Any) -> tuple[Path, Path] | None:
               f"{hp['v_num_grad_steps']} steps) on the same facts: value {base['score']:.4f} "
               f"(final_prob {base['final_prob']:.4f}, rebound {base['rebound']:.4f})")
     paths = export_best(study, cfg)
-    print(f"wrote {paths[0]}\nwrote {paths[1]}")
+    for path in paths:
+        print(f"wrote {path}")
     page = write_report(study, cfg, storage_root() / "reports" / study.study_name)
     print(f"wrote {page} (figures also stored in the study for optuna-dashboard)")
     return paths
@@ -145,8 +151,9 @@ def status(args: argparse.Namespace) -> int:
     c = count_trials(study)
     print(f"study {args.study!r} in {redact(url)}")
     print(f"budget {budget_of(study)}: {c.finished} finished ({c.complete} complete, {c.pruned} pruned), "
-          f"{c.running} running, {c.waiting} waiting, {c.failed} failed")
-    if c.complete:
+          f"{c.running} running, {c.waiting} waiting, {c.failed} failed, {c.infeasible} infeasible "
+          "(complete with a disabling edit)")
+    if c.complete > c.infeasible:
         t = best_trial(study)
         print(f"best trial #{t.number}: value {', '.join(f'{v:.4f}' for v in t.values)}  params {t.params}")
     base = study.user_attrs.get("baseline")

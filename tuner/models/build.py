@@ -34,7 +34,7 @@ from tuner.paths import atomic_write_json, atomic_write_text, storage_root
 
 log = logging.getLogger(__name__)
 
-BUILD_VERSION = 1  # bump when training changes, so old caches are not reused
+BUILD_VERSION = 2  # bump when training changes, so old caches are not reused
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tuner.report.records import Row, complete
+from tuner.report.records import Row, complete, complete_feasible
 
 
 def _empty(title: str, message: str) -> Any:
@@ -20,7 +20,7 @@ def _empty(title: str, message: str) -> Any:
 
 def pick_trials(rows: list[Row], top_k: int = 3) -> list[tuple[str, Row]]:
     """best, median, worst (by objective) and the next top-k, without repeats."""
-    done = sorted(complete(rows), key=lambda r: r.value, reverse=True)
+    done = sorted(complete_feasible(rows), key=lambda r: r.value, reverse=True)
     if not done:
         return []
     chosen = [("best", done[0]), ("median", done[len(done) // 2]), ("worst", done[-1])]

@@ -13,7 +13,7 @@ from typing import Any
 
 from tuner.paths import atomic_write_text
 from tuner.report import figures
-from tuner.report.records import complete, rows
+from tuner.report.records import complete, complete_feasible, rows
 from tuner.report.surface import surface_figures
 
 
@@ -72,14 +72,20 @@ def summary(study: Any, rs: list) -> str:
         return "\n".join(parts)
     if len(done) == 1:
         parts.append("<p class='warn'>Only one completed trial: surfaces and importances need more.</p>")
-    best = max(done, key=lambda r: r.value)
+    infeasible = len(done) - len(complete_feasible(rs))
+    if infeasible:
+        parts.append(f"<p class='warn'>{infeasible} completed trial(s) are infeasible: at least one edit was "
+                     "disabling (update norm or generation-entropy collapse); they are never the best trial.</p>")
+    if not complete_feasible(rs):
+        return "\n".join(parts)
+    best = max(complete_feasible(rs), key=lambda r: r.value)
     parts.append(f"<h3>Best trial #{best.number}: objective {best.value:.4f}</h3>")
     parts.append("<table><tr><th>hyperparameter</th><th>value</th></tr>" + "".join(
         f"<tr><td>{html.escape(k)}</td><td>{v:.5g}</td></tr>" if isinstance(v, float) else
         f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>" for k, v in best.params.items()) + "</table>")
     if best.per_fact:
         cols = ["case_id", "final_prob", "pre_prob", "peak_prob", "rebound", "efficacy", "paraphrase", "specificity",
-                "oscillation", "seconds"]
+                "oscillation", "n_steps", "early_stopped", "update_norm", "gen_entropy_drop", "disabling_edit", "seconds"]
         head = "".join(f"<th>{c}</th>" for c in cols)
         body = "".join("<tr>" + "".join(
             f"<td>{m.get(c):.4g}</td>" if isinstance(m.get(c), float) else f"<td>{m.get(c)}</td>" for c in cols) + "</tr>"

@@ -18,6 +18,8 @@ class Row:
     start: datetime | None
     end: datetime | None
     per_fact: list[dict[str, Any]] = field(default_factory=list)
+    feasible: bool = True
+    """No disabling edit; an infeasible trial is never the best one."""
 
     def metric(self, name: str) -> float | None:
         if name == "value":
@@ -25,15 +27,18 @@ class Row:
         return self.mean.get(name)
 
     def mean_curve(self, key: str) -> list[float]:
-        """Per-step mean over facts of ``prob`` or ``loss`` (facts share the step count)."""
+        """Per-step mean over facts of ``prob`` or ``loss``; a fact that stopped early keeps its
+        last value for the remaining steps (its δ no longer changes)."""
         curves = [t[key] for t in self.trajectory if t.get(key)]
         if not curves:
             return []
-        n = min(len(c) for c in curves)
-        return [sum(c[i] for c in curves) / len(curves) for i in range(n)]
+        n = max(len(c) for c in curves)
+        return [sum(c[min(i, len(c) - 1)] for c in curves) / len(curves) for i in range(n)]
 
 
 def rows(study: Any) -> list[Row]:
+    from tuner.study.objective import feasible
+
     out = []
     for t in study.get_trials(deepcopy=False):
         w = t.user_attrs.get("worker")
@@ -48,9 +53,14 @@ def rows(study: Any) -> list[Row]:
             start=t.datetime_start,
             end=t.datetime_complete,
             per_fact=list(t.user_attrs.get("per_fact", [])),
+            feasible=feasible(t),
         ))
     return out
 
 
 def complete(rs: list[Row]) -> list[Row]:
     return [r for r in rs if r.state == "COMPLETE" and r.value is not None]
+
+
+def complete_feasible(rs: list[Row]) -> list[Row]:
+    return [r for r in complete(rs) if r.feasible]

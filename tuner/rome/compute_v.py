@@ -1,13 +1,23 @@
 """v*: the value vector that makes the model say the new target (ROME §3.1, eq. 4).
 
-A delta δ is added to the rewrite module's output at the subject's last token and optimised
+A delta δ is added to the rewrite module's output at the fact token of every row and optimised
 with Adam on
     loss = NLL(new target | context + prompt)                         (rewrite prompts)
          + kl_factor · KL(P(· | "{subject} is a") ‖ P₀)               (essence drift)
          + v_weight_decay · ‖δ‖ / ‖v₀‖²                               (keep δ small)
-after each step δ is clamped to ``clamp_norm_factor · ‖v₀‖``. Every step is recorded: the
-trajectory is what exposes oscillation and the rise-then-fall ("rebound") of the target
-probability that the tuner penalises."""
+after each step δ is clamped to ``clamp_norm_factor · ‖v₀‖``.
+
+Step semantics are ROME's and EasyEdit's: ``v_num_grad_steps`` forward passes, an Adam step
+after every one but the last, and a stop as soon as the total loss is below
+``early_stop_loss`` (0.05 there). v* is the last iterate, or with ``v_select: best`` the
+iterate with the highest target probability.
+
+Every forward pass is recorded. ``prob`` is P(new target | bare rewrite prompt) — the sequence
+probability, measured as ``final_prob`` is after the edit — so ``rebound = peak − end`` compares
+like with like; ``context_prob`` is ROME's own view (per-token geometric mean, averaged over the
+context prompts).
+
+    tuner edit --fact 7 --layer 0 --v-lr 2.0 --v-weight-decay 3 --steps 40"""
 
 from __future__ import annotations
 
@@ -28,14 +38,22 @@ from tuner.rome.tokens import make_batch, pad_id_of, padding_side, subject_token
 KL_PROMPT = "{} is a"
 
 
+TRAJECTORY_KEYS = ("loss", "nll", "kl", "weight_decay", "prob", "context_prob", "delta_norm", "lr")
+
+
 @dataclass
 class VResult:
-    v_star: torch.Tensor  # (d_model,) target output of the rewrite module at k
+    v_star: torch.Tensor  # (d_model,) target output of the rewrite module at the bare prompt's key
     key: torch.Tensor  # (d_ff,) rewrite-module input at the bare prompt's fact token
     value_init: torch.Tensor  # (d_model,) module output there before the edit
-    trajectory: dict[str, list[float]]  # per step: loss, nll, kl, weight_decay, prob, delta_norm, lr
-    opt_final_prob: float  # mean target probability over the rewrite rows with the final δ
-    early_stopped: bool  # the loss fell below hp.early_stop_loss before the last step
+    trajectory: dict[str, list[float]]  # per forward pass: TRAJECTORY_KEYS
+    selected_step: int  # the forward pass whose δ is v* − value_init
+    early_stopped: bool  # the loss fell below hp.early_stop_loss before the last forward pass
+
+    @property
+    def opt_final_prob(self) -> float:
+        """P(new | bare prompt) with the selected δ."""
+        return self.trajectory["prob"][self.selected_step]
 
 
 def compute_v(
@@ -63,6 +81,8 @@ def compute_v(
     rows.append(kl_ids)
     lookup.append(kl_idx)
     n_rewrite = len(context_templates)
+    if context_templates[0] != "{}":
+        raise ValueError("context_templates[0] must be the bare prompt '{}' (tuner.rome.context)")
 
     batch = make_batch(rows, pad_id=pad_id_of(tok), side=padding_side(tok, adapter.padding_side), device=device)
     kwargs = batch.model_kwargs(model)
@@ -96,13 +116,15 @@ def compute_v(
         else None
     )
     max_norm = hp.clamp_norm_factor * init_norm
-    traj: dict[str, list[float]] = {k: [] for k in ("loss", "nll", "kl", "weight_decay", "prob", "delta_norm", "lr")}
+    traj: dict[str, list[float]] = {k: [] for k in TRAJECTORY_KEYS}
     early_stopped = False
+    best_step, best_delta = 0, delta.detach().clone()
     for step in range(hp.v_num_grad_steps):
         opt.zero_grad(set_to_none=True)
         with Trace(model, module, edit_output=add_delta):
             logits = model(**kwargs).logits  # (B, T, V)
-        nll_each = -rewrite_logprobs(logits).mean(1)  # (R,) per-token NLL of the target
+        token_logprobs = rewrite_logprobs(logits)  # (R, L)
+        nll_each = -token_logprobs.mean(1)  # (R,) per-token NLL of the target
         nll = nll_each.mean()
         kl = hp.kl_factor * torch.nn.functional.kl_div(
             kl_init, _kl_log_probs(logits, kl_col), log_target=True, reduction="sum"
@@ -113,13 +135,18 @@ def compute_v(
             raise EditError(f"loss became {loss.item()} at step {step} (v_lr={hp.v_lr:g} is likely too large)")
         for name, value in (
             ("loss", loss), ("nll", nll), ("kl", kl), ("weight_decay", wd),
-            ("prob", torch.exp(-nll_each).mean()), ("delta_norm", delta.norm()),
+            ("prob", token_logprobs[0].sum().exp()),  # row 0 is the bare prompt ("{}")
+            ("context_prob", torch.exp(-nll_each).mean()), ("delta_norm", delta.norm()),
         ):
             traj[name].append(float(value.detach()))
         traj["lr"].append(opt.param_groups[0]["lr"])
+        if hp.v_select == "best" and traj["prob"][-1] > traj["prob"][best_step]:
+            best_step, best_delta = step, delta.detach().clone()
         if hp.early_stop_loss is not None and traj["loss"][-1] < hp.early_stop_loss:
-            early_stopped = True  # ROME's rule: the current δ is good enough, take no step
+            early_stopped = True  # ROME's rule: this δ is good enough, take no further step
             break
+        if step == hp.v_num_grad_steps - 1:
+            break  # no step after the last forward pass: it would never be evaluated
         loss.backward()
         opt.step()
         if sched is not None:
@@ -129,11 +156,8 @@ def compute_v(
             if norm > max_norm:
                 delta.mul_(max_norm / norm)
 
-    # The trajectory's last entry is the loss *before* the final update; record the state the
-    # edit will actually use so the trajectory ends where the edited model starts.
-    with torch.no_grad(), Trace(model, module, edit_output=add_delta):
-        opt_final_prob = float(torch.exp(rewrite_logprobs(model(**kwargs).logits).mean(1)).mean())
-    return VResult((value_init + delta).detach(), key, value_init, traj, opt_final_prob, early_stopped)
+    selected, chosen = (best_step, best_delta) if hp.v_select == "best" else (len(traj["loss"]) - 1, delta.detach())
+    return VResult((value_init + chosen).detach(), key, value_init, traj, selected, early_stopped)
 
 
 def _kl_log_probs(logits: torch.Tensor, col: int) -> torch.Tensor:

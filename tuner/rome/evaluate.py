@@ -86,18 +86,22 @@ def edit_metrics(pre: dict[str, Any], post: dict[str, Any]) -> dict[str, float |
     }
 
 
-def stability_metrics(trajectory: dict[str, list[float]], opt_final_prob: float) -> dict[str, float]:
-    """peak, end-of-optimisation probability, rebound = peak − end, and loss oscillation
-    (total upward variation of the loss divided by the initial loss; 0 for a monotone descent)."""
-    probs = list(trajectory["prob"]) + [opt_final_prob]
+def stability_metrics(trajectory: dict[str, list[float]], selected_step: int) -> dict[str, Any]:
+    """From the v* trajectory (``prob`` = P(new | bare prompt) per forward pass): the peak, the
+    probability of the iterate the edit uses (``opt_final_prob``), rebound = peak − that, and loss
+    oscillation (total upward variation of the loss over the initial loss; 0 for a monotone descent)."""
+    probs = trajectory["prob"]
     peak = max(probs)
+    end = probs[selected_step]
     loss = trajectory["loss"]
     ups = sum(max(0.0, b - a) for a, b in zip(loss, loss[1:]))
     return {
         "peak_prob": peak,
         "peak_step": probs.index(peak),
-        "opt_final_prob": opt_final_prob,
-        "rebound": peak - opt_final_prob,
+        "opt_final_prob": end,
+        "selected_step": selected_step,
+        "n_steps": len(loss),
+        "rebound": peak - end,
         "oscillation": ups / loss[0] if loss and loss[0] > 0 else 0.0,
-        "final_loss": loss[-1] if loss else float("nan"),
+        "final_loss": loss[selected_step] if loss else float("nan"),
     }

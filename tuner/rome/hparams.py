@@ -25,6 +25,14 @@ from tuner.errors import ConfigError
 from tuner.strict import from_mapping
 
 
+class _Any:
+    def __repr__(self) -> str:
+        return "any"
+
+
+ANY = _Any()
+
+
 @dataclass(frozen=True)
 class Knob:
     """The declaration of one hyperparameter (see the module docstring for what uses it)."""
@@ -37,6 +45,10 @@ class Knob:
     searchable: bool = True
     easyedit: str | None = None
     """The key EasyEdit's ROME hparams use for this knob; ``None``: EasyEdit cannot express it."""
+    easyedit_behaviour: Any = ANY
+    """For a knob EasyEdit has no key for: the value EasyEdit behaves as (``ANY``: the knob does
+    not change what EasyEdit would compute, e.g. a seed). A setting is reproducible in EasyEdit
+    when every such knob has that value."""
     flag: str | None = None
     """``tuner edit`` flag name without dashes (default: the name with ``-``); ``""``: no flag."""
     type: Any = None
@@ -97,23 +109,35 @@ class ROMEHyperParams:
     layer: int = knob(1, "index of the MLP whose down-projection is rewritten", min=0, easyedit="layers")
     fact_token: Literal["subject_last", "subject_first", "last"] = knob(
         "subject_last", "token whose key selects the subject", easyedit="fact_token")
-    v_num_grad_steps: int = knob(20, "optimisation steps of v*", min=1, easyedit="v_num_grad_steps", flag="steps")
+    v_num_grad_steps: int = knob(20, "forward passes of the v* optimisation (at most one Adam step fewer)", min=1,
+                                 easyedit="v_num_grad_steps", flag="steps")
     v_lr: float = knob(0.5, "Adam learning rate of v*", min=0, min_open=True, easyedit="v_lr")
     v_weight_decay: float = knob(0.5, "weight of ‖δ‖/‖v₀‖² in the v* loss", min=0, easyedit="v_weight_decay")
     clamp_norm_factor: float = knob(4.0, "‖δ‖ is clamped to this multiple of ‖v₀‖", min=0, min_open=True,
                                     easyedit="clamp_norm_factor")
     kl_factor: float = knob(0.0625, "weight of the essence-drift KL term", min=0, easyedit="kl_factor")
-    lr_schedule: Literal["constant", "cosine"] = knob("constant", "learning-rate schedule of v*")
+    lr_schedule: Literal["constant", "cosine"] = knob("constant", "learning-rate schedule of v*",
+                                                      easyedit_behaviour="constant")
     early_stop_loss: float | None = knob(
-        None, "stop optimising v* once the total loss is below this (null: never)", min=0, min_open=True)
+        0.05, "stop optimising v* once the total loss is below this, as ROME does (null: never)", min=0,
+        min_open=True, easyedit_behaviour=0.05)
+    v_select: Literal["last", "best"] = knob(
+        "last", "v* from the last iterate (ROME) or the one with the highest target probability",
+        easyedit_behaviour="last")
+    key_mode: Literal["rome", "r-rome"] = knob(
+        "rome", "rome: u from k*, Λ from the bare prompt's key; r-rome: k* in both (Ŵk* = v*)",
+        easyedit_behaviour="rome")
     mom2_adjustment: bool = knob(True, "use C⁻¹ in the update (u ∝ C⁻¹k*)", easyedit="mom2_adjustment", flag="mom2")
-    mom2_n_samples: int = knob(20000, "tokens of the statistics corpus behind C = E[kkᵀ]", min=1,
-                               easyedit="mom2_n_samples")
-    mom2_ridge: float = knob(1e-4, "Tikhonov term added to C (relative to its mean diagonal) before solving",
-                             min=0)
+    mom2_n_tokens: int = knob(20000, "tokens of the statistics corpus behind C = E[kkᵀ] (EasyEdit's "
+                              "mom2_n_samples counts documents instead)", min=1)
+    mom2_ridge: float = knob(0.0, "λ·mean(diag C) added to C before factorising (0 = ROME; only for a singular C)",
+                             min=0, easyedit_behaviour=0.0)
+    context_templates: str | tuple[str, ...] = knob(
+        "sampled", "sampled (prefixes the model writes from its BOS), easyedit (from EasyEdit's five start "
+        "words), or a list of templates each containing {}", searchable=False, flag="")
     context_template_length_params: tuple[tuple[int, int], ...] = knob(
-        ((5, 5),), "(tokens, count) pairs of sampled context prefixes; k* averages over them and \"{}\"",
-        min=None, searchable=False, easyedit="context_template_length_params", flag="")
+        ((5, 5),), "(tokens, count) pairs of generated context prefixes; k* averages over them and \"{}\"",
+        searchable=False, easyedit="context_template_length_params", flag="")
     seed: int = knob(0, "seed of the context-template sampler (k* and v* are deterministic given it)", min=0,
                      flag="seed")
 
@@ -126,22 +150,47 @@ class ROMEHyperParams:
         for pair in pairs:
             if len(pair) != 2 or min(pair) < 1:
                 raise ConfigError("hparams.context_template_length_params: each entry is [tokens, count] >= 1")
+        templates = self.context_templates
+        if isinstance(templates, str):
+            if templates not in CONTEXT_MODES:
+                raise ConfigError(f"hparams.context_templates: {templates!r} is neither one of "
+                                  f"{', '.join(CONTEXT_MODES)} nor a list of templates")
+        else:
+            object.__setattr__(self, "context_templates", tuple(templates))
+            if not templates or any(t.count("{}") != 1 for t in templates):
+                raise ConfigError("hparams.context_templates: a list of templates, each with exactly one {} "
+                                  "(where the prompt goes)")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, where: str = "hparams") -> ROMEHyperParams:
+        for old, new in RENAMED.items():
+            if old in data:
+                raise ConfigError(f"{where}.{old} is now {where}.{new}: {KNOBS[new].help}")
         return from_mapping(cls, data, prefix=f"{where}.")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON/YAML values (tuples as lists)."""
         d = dataclasses.asdict(self)
         d["context_template_length_params"] = [list(p) for p in self.context_template_length_params]
+        if not isinstance(self.context_templates, str):
+            d["context_templates"] = list(self.context_templates)
         return d
+
+    def reproducible_in_easyedit(self) -> bool:
+        """Every knob EasyEdit has no key for is at the value EasyEdit behaves as."""
+        return all(k.easyedit_behaviour is ANY or getattr(self, k.name) == k.easyedit_behaviour
+                   for k in KNOBS.values() if k.easyedit is None)
 
     def replace(self, **changes: Any) -> ROMEHyperParams:
         unknown = set(changes) - set(KNOBS)
         if unknown:
             raise ConfigError(f"unknown hyperparameter {sorted(unknown)[0]}")
         return dataclasses.replace(self, **changes)
+
+
+CONTEXT_MODES = ("sampled", "easyedit")
+RENAMED = {"mom2_n_samples": "mom2_n_tokens"}
+"""Old key → new key: the old one is refused with a message naming the new one."""
 
 
 def _declare() -> dict[str, Knob]:
@@ -165,7 +214,7 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     "textbook": Preset(
         dict(v_num_grad_steps=20, v_lr=0.5, v_weight_decay=0.5, clamp_norm_factor=4.0, kl_factor=0.0625,
-             lr_schedule="constant", mom2_adjustment=True),
+             lr_schedule="constant", early_stop_loss=0.05, v_select="last", key_mode="rome", mom2_adjustment=True),
         layer_depth_fraction=17 / 48,
         about="ROME's published GPT-2 XL / GPT-J settings: the baseline every study is compared with"),
     "verify": Preset(

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from tuner.rome.adapters import Adapter
-from tuner.rome.hooks import Trace
+from tuner.rome.hooks import Trace, get_module
 from tuner.rome.tokens import make_batch, pad_id_of, padding_side, subject_token_index
 
 
@@ -39,3 +39,11 @@ def module_io_at(
     rows = torch.arange(len(prompts), device=x.device)
     cols = torch.tensor([batch.offsets[i] + idx for i, (_, idx) in enumerate(encoded)], device=x.device)
     return x[rows, cols].float(), y[rows, cols].float()
+
+
+@torch.no_grad()
+def module_output(model: Any, adapter: Adapter, layer: int, key: torch.Tensor) -> torch.Tensor:
+    """The rewrite module's output (d_model,) for one input ``key`` (d_ff,), bias included."""
+    module = get_module(model, adapter.rewrite.format(layer))
+    weight = next(module.parameters())
+    return module(key.to(device=weight.device, dtype=weight.dtype)[None])[0].float()

@@ -1,7 +1,11 @@
 """The rank-one update (ROME §3.1, eq. 2):  Ŵ = W + Λ uᵀ  written into the rewrite module.
 
     u = C⁻¹ k* / ‖C⁻¹ k*‖          (C⁻¹ only with mom2_adjustment; else u = k*/‖k*‖)
-    Λ = (v* − W k) / (uᵀ k)        (k: the bare prompt's key, so Ŵ k = v* exactly)
+    Λ = (v* − W k) / (uᵀ k)        key_mode rome:   k = the bare prompt's key, so Ŵ k = v*
+                                   key_mode r-rome: k = k* (Gupta et al. 2024), so Ŵ k* = v*
+
+C is factorised once per (layer, sample count, ridge) (``SecondMomentSolver``) and reused by
+every edit. ``uᵀk`` is the *division factor*: when it is tiny, ‖Λ‖ explodes ("disabling edits").
 
 For any key k' with k'ᵀ C⁻¹ k* = 0 the output is unchanged. ``weight_update`` restores the original
 weight bit-exactly on exit, even if the block raises."""
@@ -14,18 +18,34 @@ from typing import Any
 
 import torch
 
+from tuner.errors import EditError
 from tuner.rome.adapters import Adapter
 from tuner.rome.hooks import get_module
 
 
-def left_vector(k_star: torch.Tensor, mom2: torch.Tensor | None, ridge: float = 0.0) -> torch.Tensor:
-    """u (d_ff,): the direction of keys the edit responds to."""
-    k = k_star.double()
-    if mom2 is not None:
-        c = mom2.double().to(k.device)
+class SecondMomentSolver:
+    """C⁻¹k for many k from one Cholesky factorisation of C (float64: C is ill-conditioned).
+
+    ROME solves C x = k with no regularisation; ``ridge`` (λ, relative to C's mean diagonal) is
+    0 by default and only there for a C that is singular, e.g. from a corpus with fewer distinct
+    keys than d_ff."""
+
+    def __init__(self, mom2: torch.Tensor, ridge: float = 0.0) -> None:
+        c = mom2.double()
         if ridge > 0:
             c = c + ridge * c.diagonal().mean() * torch.eye(c.shape[0], dtype=c.dtype, device=c.device)
-        k = torch.linalg.solve(c, k)
+        self.factor, info = torch.linalg.cholesky_ex(c)  # (d_ff, d_ff) lower triangular
+        if int(info) != 0:
+            raise EditError("the key statistics C are singular (not positive definite): use a larger "
+                            "statistics corpus or set hparams.mom2_ridge (e.g. 1e-4)")
+
+    def solve(self, k: torch.Tensor) -> torch.Tensor:
+        return torch.cholesky_solve(k.double().to(self.factor.device)[:, None], self.factor)[:, 0]
+
+
+def left_vector(k_star: torch.Tensor, solver: SecondMomentSolver | None) -> torch.Tensor:
+    """u (d_ff,): the unit direction of keys the edit responds to."""
+    k = k_star.double() if solver is None else solver.solve(k_star)
     return (k / k.norm()).float()
 
 

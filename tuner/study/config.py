@@ -37,6 +37,11 @@ class ObjectiveSpec:
     neighborhood_weight: float = 0.0
     multi_objective: bool = False
     """Two objectives (efficacy − λ·rebound, specificity), both maximised: a Pareto front."""
+    max_update_norm: float = 25.0
+    """An edit with ‖ΔW‖/‖W‖ above this is disabling; a trial with a disabling edit is infeasible
+    (``tuner.rome.fluency``: measured thresholds, and how to set it for a large model)."""
+    max_entropy_drop: float = 0.5
+    """An edit whose generation entropy falls by more than this share is disabling."""
 
 
 @dataclass(frozen=True)

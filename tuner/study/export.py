@@ -14,20 +14,24 @@ import yaml
 from tuner.errors import StudyError
 from tuner.paths import atomic_write_text, storage_root
 from tuner.rome.adapters import Adapter
-from tuner.rome.hparams import KNOBS, ROMEHyperParams
+from tuner.rome.hparams import ANY, KNOBS, ROMEHyperParams
 from tuner.study.config import StudyConfig
 from tuner.study.space import SearchSpace
 
 
-def best_trial(study: Any) -> Any:
+def best_trial(study: Any, *, where: Any = None) -> Any:
+    """The best complete, feasible trial (no disabling edit); multi-objective: the best first
+    objective. ``where(trial)`` narrows the candidates further."""
     from optuna.trial import TrialState
 
-    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    from tuner.study.objective import feasible
+
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if feasible(t) and (where is None or where(t))]
     if not done:
-        raise StudyError(f"study {study.study_name!r} has no completed trial yet")
-    if len(study.directions) > 1:
-        return max(study.best_trials, key=lambda t: t.values[0])
-    return study.best_trial
+        raise StudyError(f"study {study.study_name!r} has no completed feasible trial yet")
+    sign = 1 if study.directions[0].name == "MAXIMIZE" else -1
+    return max(done, key=lambda t: (sign * t.values[0], -t.number))
 
 
 def easyedit_hparams(cfg: StudyConfig, hp: ROMEHyperParams, adapter: Adapter, n_layers: int) -> dict[str, Any]:
@@ -35,6 +39,9 @@ def easyedit_hparams(cfg: StudyConfig, hp: ROMEHyperParams, adapter: Adapter, n_
     values = hp.to_dict()
     knobs = {k.easyedit: values[name] for name, k in KNOBS.items() if k.easyedit}
     knobs["layers"] = [hp.layer]  # EasyEdit takes a list of layers (ROME uses one)
+    # EasyEdit's mom2_n_samples counts Wikipedia documents; rome-tuner's C counts corpus tokens
+    # (mom2_n_tokens, named in the header). ROME's published setting:
+    knobs["mom2_n_samples"] = EASYEDIT_MOM2_N_SAMPLES
     return {
         "alg_name": "ROME",
         "model_name": cfg.model.name,
@@ -55,12 +62,35 @@ def easyedit_hparams(cfg: StudyConfig, hp: ROMEHyperParams, adapter: Adapter, n_
     }
 
 
+EASYEDIT_MOM2_N_SAMPLES = 100000
+
+
 def not_expressible(hp: ROMEHyperParams) -> dict[str, Any]:
     """The knobs EasyEdit has no key for, with this setting's values."""
     return {name: getattr(hp, name) for name, k in KNOBS.items() if k.easyedit is None}
 
 
-def export_best(study: Any, cfg: StudyConfig, *, out_dir: Path | None = None) -> tuple[Path, Path]:
+def _write_easyedit(path: Path, study: Any, trial: Any, cfg: StudyConfig, hp: ROMEHyperParams, adapter: Adapter,
+                    n_layers: int, what: str) -> None:
+    lines = [f"# EasyEdit ROME hyperparameters from rome-tuner study {study.study_name!r}: {what}, trial "
+             f"{trial.number} (value {', '.join(f'{v:.4f}' for v in trial.values)}).",
+             "# EasyEdit " + ("reproduces this setting." if hp.reproducible_in_easyedit() else
+                              "CANNOT reproduce this setting: it has no key for the starred knobs below."),
+             "# rome-tuner knobs EasyEdit has no key for (EasyEdit's behaviour in brackets):"]
+    for name, value in not_expressible(hp).items():
+        k = KNOBS[name]
+        behaves = "any value" if k.easyedit_behaviour is ANY else k.easyedit_behaviour
+        star = "" if k.easyedit_behaviour is ANY or value == k.easyedit_behaviour else " *"
+        lines.append(f"#   {name}: {value}  [{behaves}]{star}")
+    lines.append(f"# mom2_n_samples below is ROME's Wikipedia document count; rome-tuner's C used "
+                 f"{hp.mom2_n_tokens} tokens of its own corpus.")
+    body = yaml.safe_dump(easyedit_hparams(cfg, hp, adapter, n_layers), sort_keys=False)
+    atomic_write_text(path, "\n".join(lines) + "\n" + body)
+
+
+def export_best(study: Any, cfg: StudyConfig, *, out_dir: Path | None = None) -> list[Path]:
+    """``study.yaml`` (the best setting fixed), ``rome_hparams.yaml`` (the best trial) and
+    ``rome_hparams_easyedit.yaml`` (the best trial EasyEdit can reproduce, when there is one)."""
     from tuner.models.load import model_adapter
 
     trial = best_trial(study)
@@ -69,11 +99,15 @@ def export_best(study: Any, cfg: StudyConfig, *, out_dir: Path | None = None) ->
     out = out_dir or storage_root() / "best" / study.study_name
     best_cfg = cfg.replace(hparams=hp, search=SearchSpace(),
                            description=f"best of study {study.study_name!r}: trial {trial.number}, value {trial.values}")
-    study_yaml = out / "study.yaml"
-    atomic_write_text(study_yaml, best_cfg.to_yaml())
-    easy = out / "rome_hparams.yaml"
-    header = (f"# EasyEdit ROME hyperparameters from rome-tuner study {study.study_name!r}, trial {trial.number}.\n"
-              "# Settings EasyEdit has no key for (its behaviour is the default in brackets):\n"
-              + "".join(f"#   {name}: {value}  [{KNOBS[name].default}]\n" for name, value in not_expressible(hp).items()))
-    atomic_write_text(easy, header + yaml.safe_dump(easyedit_hparams(cfg, hp, adapter, n_layers), sort_keys=False))
-    return study_yaml, easy
+    written = [out / "study.yaml", out / "rome_hparams.yaml"]
+    atomic_write_text(written[0], best_cfg.to_yaml())
+    _write_easyedit(written[1], study, trial, cfg, hp, adapter, n_layers, "the best trial")
+    try:
+        twin = best_trial(study, where=lambda t: ROMEHyperParams.from_dict(t.user_attrs["hparams"])
+                          .reproducible_in_easyedit())
+    except StudyError:
+        return written
+    written.append(out / "rome_hparams_easyedit.yaml")
+    _write_easyedit(written[2], study, twin, cfg, ROMEHyperParams.from_dict(twin.user_attrs["hparams"]), adapter,
+                    n_layers, "the best trial EasyEdit can reproduce")
+    return written

@@ -7,7 +7,8 @@ from typing import Any
 from tuner.rome.hparams import KNOBS, ROMEHyperParams
 
 FACT_COLUMNS = ("case_id", "final_prob", "peak_prob", "rebound", "efficacy", "paraphrase", "specificity",
-                "early_stopped", "seconds")
+                "n_steps", "early_stopped", "update_norm", "division_factor", "gen_entropy_drop", "disabling_edit",
+                "seconds")
 
 
 def _cell(value: Any) -> str:
@@ -17,7 +18,9 @@ def _cell(value: Any) -> str:
 def trial_note(per_fact: list[dict[str, Any]], hp: ROMEHyperParams) -> str:
     """Per-fact metrics and every hyperparameter (one row per knob of ``KNOBS``)."""
     cols = [c for c in FACT_COLUMNS if any(c in m for m in per_fact)]
-    lines = ["### Per-fact metrics", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    n_disabling = sum(bool(m.get("disabling_edit")) for m in per_fact)
+    lines = [f"**INFEASIBLE: {n_disabling} disabling edit(s)** — never the best trial.", ""] if n_disabling else []
+    lines += ["### Per-fact metrics", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(_cell(m.get(c)) for c in cols) + " |" for m in per_fact]
     lines += ["", "### Hyperparameters", ""]
     lines += [f"- `{name}` = {getattr(hp, name)}  <small>{k.help}</small>" for name, k in KNOBS.items()]

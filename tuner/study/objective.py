@@ -21,11 +21,12 @@ from tuner.study.config import ObjectiveSpec, StudyConfig
 from tuner.study.space import SearchSpace
 
 STORED_METRICS = ("final_prob", "pre_prob", "true_prob", "efficacy", "paraphrase", "paraphrase_prob", "specificity",
-                  "neighborhood_drop", "peak_prob", "peak_step", "opt_final_prob", "rebound", "oscillation",
-                  "final_loss", "early_stopped")
+                  "neighborhood_drop", "peak_prob", "peak_step", "opt_final_prob", "selected_step", "n_steps",
+                  "rebound", "oscillation", "final_loss", "early_stopped", "update_norm", "division_factor",
+                  "gen_entropy", "gen_entropy_drop", "disabling_edit")
 """The per-fact metrics stored in a trial's ``per_fact`` attribute."""
 MEAN_METRICS = ("final_prob", "rebound", "peak_prob", "efficacy", "specificity", "paraphrase", "oscillation",
-                "final_loss")
+                "final_loss", "n_steps", "early_stopped", "update_norm", "gen_entropy_drop", "disabling_edit")
 
 
 def stability_score(m: dict[str, Any], obj: ObjectiveSpec) -> float:
@@ -41,6 +42,26 @@ def fact_score(m: dict[str, Any], obj: ObjectiveSpec) -> float:
     if obj.neighborhood_weight and m["specificity"] is not None:
         s += obj.neighborhood_weight * (m["specificity"] - 1.0)
     return s
+
+
+def disabling(m: dict[str, Any], obj: ObjectiveSpec) -> bool:
+    """The edit broke the model (``tuner.rome.fluency``), with the study's thresholds."""
+    from tuner.rome.fluency import is_disabling
+
+    return is_disabling(m, max_update_norm=obj.max_update_norm, max_entropy_drop=obj.max_entropy_drop)
+
+
+def feasible(trial: Any) -> bool:
+    """No disabling edit (Optuna's constraint convention: every value ≤ 0 is feasible)."""
+    return all(c <= 0 for c in trial.user_attrs.get(CONSTRAINTS, [0]))
+
+
+def constraints(trial: Any) -> list[float]:
+    """The sampler's ``constraints_func``: the number of disabling edits of the trial."""
+    return list(trial.user_attrs.get(CONSTRAINTS, [0.0]))
+
+
+CONSTRAINTS = "constraints"
 
 
 def _rounded(x: Any) -> Any:
@@ -73,6 +94,9 @@ class Objective:
             for i, fact in enumerate(self.facts):
                 t_fact = time.perf_counter()
                 result = self.editor.edit(fact, hp)
+                result.metrics["disabling_edit"] = disabling(result.metrics, obj)
+                if i == 0:
+                    trial.set_user_attr("context_templates", result.context_templates)
                 m = {k: _rounded(result.metrics[k]) for k in STORED_METRICS}
                 m["case_id"] = fact.case_id
                 m["seconds"] = round(time.perf_counter() - t_fact, 4)
@@ -100,6 +124,7 @@ class Objective:
             trial.set_user_attr("trajectory", trajectories)
             trial.set_user_attr("seconds", round(time.perf_counter() - t0, 3))
             trial.set_user_attr("compute_seconds", round(sum(m["compute_seconds"] for m in per_fact), 3))
+            trial.set_user_attr(CONSTRAINTS, [float(sum(bool(m["disabling_edit"]) for m in per_fact))])
             if per_fact:
                 save_trial_note(trial, per_fact, hp)
                 n = len(per_fact)

@@ -38,12 +38,15 @@ def bound_space(cfg: StudyConfig) -> SearchSpace:
 def make_sampler(cfg: StudyConfig, seed: int | None = None) -> Any:
     import optuna
 
+    from tuner.study.objective import constraints
+
     seed = cfg.seed if seed is None else seed
     if cfg.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
+    # Trials with a disabling edit are infeasible: the sampler learns to avoid them.
     if cfg.sampler == "gp":
-        return optuna.samplers.GPSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=N_STARTUP)
+        return optuna.samplers.GPSampler(seed=seed, constraints_func=constraints)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=N_STARTUP, constraints_func=constraints)
 
 
 def make_pruner(cfg: StudyConfig) -> Any:

@@ -29,7 +29,8 @@ class Counts:
     running: int = 0
     waiting: int = 0
     failed: int = 0
-    best: float | None = None  # best complete value (single-objective studies), from the same read
+    infeasible: int = 0  # complete, but with a disabling edit
+    best: float | None = None  # best complete feasible value (single-objective studies), from the same read
 
     @property
     def finished(self) -> int:
@@ -39,13 +40,17 @@ class Counts:
 def count_trials(study: Any) -> Counts:
     from optuna.trial import TrialState
 
+    from tuner.study.objective import feasible
+
     c = Counts()
     single = len(study.directions) == 1
     maximize = single and study.direction.name == "MAXIMIZE"
     for t in study.get_trials(deepcopy=False):
         if t.state == TrialState.COMPLETE:
             c.complete += 1
-            if single and t.value is not None and (
+            if not feasible(t):
+                c.infeasible += 1
+            elif single and t.value is not None and (
                     c.best is None or (t.value > c.best if maximize else t.value < c.best)):
                 c.best = t.value
         elif t.state == TrialState.PRUNED:

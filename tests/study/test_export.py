@@ -1,0 +1,99 @@
+"""The exported best setting: never an infeasible trial, EasyEdit's exact field names and types,
+and the best trial EasyEdit can reproduce beside the overall best."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import List
+
+import optuna
+import pytest
+import yaml
+
+from tuner.errors import StudyError
+from tuner.rome.hparams import ROMEHyperParams
+from tuner.study.config import StudyConfig
+from tuner.study.export import best_trial, export_best
+from tuner.study.objective import CONSTRAINTS
+
+
+@dataclasses.dataclass
+class EasyEditROMEHyperParams:
+    """EasyEdit's ROME hyperparameters, field names and types as its documentation lists them
+    (``hparams/ROME/*.yaml``); written here, not imported."""
+
+    layers: List[int]
+    fact_token: str
+    v_num_grad_steps: int
+    v_lr: float
+    v_loss_layer: int
+    v_weight_decay: float
+    clamp_norm_factor: float
+    kl_factor: float
+    mom2_adjustment: bool
+    context_template_length_params: List[List[int]]
+    rewrite_module_tmp: str
+    layer_module_tmp: str
+    mlp_module_tmp: str
+    attn_module_tmp: str
+    ln_f_module: str
+    lm_head_module: str
+    mom2_dataset: str
+    mom2_n_samples: int
+    mom2_dtype: str
+    alg_name: str
+    device: int
+    model_name: str
+    stats_dir: str
+    max_length: int = 40
+    batch_size: int = 1
+    model_parallel: bool = False
+    fp16: bool = False
+
+
+def _load_strict(path) -> EasyEditROMEHyperParams:
+    data = yaml.safe_load(path.read_text())
+    hints = typing.get_type_hints(EasyEditROMEHyperParams)
+    assert set(data) <= set(hints), set(data) - set(hints)
+    for key, value in data.items():
+        hint = hints[key]
+        origin = typing.get_origin(hint) or hint
+        assert isinstance(value, origin) and not (origin in (int, float) and isinstance(value, bool)), (key, value)
+        if key == "v_lr" or key == "v_weight_decay":
+            assert isinstance(value, float)
+    return EasyEditROMEHyperParams(**data)
+
+
+def _study(trials: list[tuple[float, ROMEHyperParams, int]]) -> optuna.Study:
+    study = optuna.create_study(direction="maximize", study_name="exp")
+    for value, hp, n_disabling in trials:
+        study.add_trial(optuna.trial.create_trial(
+            params={"v_lr": hp.v_lr}, distributions={"v_lr": optuna.distributions.FloatDistribution(0.01, 5)},
+            value=value, user_attrs={"hparams": hp.to_dict(), CONSTRAINTS: [float(n_disabling)]}))
+    return study
+
+
+def test_infeasible_trial_is_never_best_or_exported(tmp_path):
+    base = ROMEHyperParams()
+    study = _study([(0.9, base.replace(v_lr=4.0), 2), (0.7, base.replace(v_lr=1.0), 0), (0.5, base, 0)])
+    assert study.best_trial.number == 0  # Optuna alone would pick the disabled model
+    assert best_trial(study).number == 1
+    paths = export_best(study, StudyConfig(), out_dir=tmp_path)
+    exported = StudyConfig.load(paths[0]).hparams
+    assert exported.v_lr == 1.0
+    with pytest.raises(StudyError, match="no completed feasible trial"):
+        best_trial(_study([(0.9, base, 1)]))
+
+
+def test_export_loads_as_easyedit_and_names_what_it_cannot_express(tmp_path):
+    base = ROMEHyperParams()
+    study = _study([(0.9, base.replace(v_select="best", v_lr=3.0), 0), (0.6, base.replace(v_lr=0.7), 0)])
+    paths = export_best(study, StudyConfig(), out_dir=tmp_path)
+    best, twin = paths[1], paths[2]
+    best_hp, twin_hp = _load_strict(best), _load_strict(twin)
+    assert best_hp.v_lr == 3.0 and twin_hp.v_lr == 0.7  # the best EasyEdit can reproduce, beside the best
+    header = best.read_text().split("\nalg_name")[0]
+    assert "CANNOT reproduce" in header and "v_select: best  [last] *" in header
+    assert "reproduces this setting" in twin.read_text()
+    assert best_hp.layers == [base.layer] and best_hp.v_loss_layer == 3 and best_hp.mom2_n_samples == 100000

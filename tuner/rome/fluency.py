@@ -1,0 +1,85 @@
+"""Generation quality before and after an edit: the n-gram entropy of short greedy
+continuations (ROME's fluency measure), and the rule that flags a *disabling* edit.
+
+An edit is disabling (Gupta et al. 2024, "Rebuilding ROME") when it breaks the model rather than
+rewriting one fact: the update dwarfs the weight it is added to, or the model's continuations
+of the fact's prompts collapse into repetition. The default thresholds (a study can set its own:
+``objective.max_update_norm``, ``objective.max_entropy_drop``):
+
+    update_norm  = ‖ΔW‖_F / ‖W‖_F                   > MAX_UPDATE_NORM   (25)
+    entropy drop = (H_before − H_after) / H_before  > MAX_ENTROPY_DROP  (0.5)
+    or any non-finite probability or norm
+
+Measured on the embedded default model (20 facts, layers 0–2): edits with the default study's
+settings have update_norm 2.0–14.6 and entropy drops ≤ 0.05 (one fact at layer 0: 0.53); edits
+destroyed with v_lr 5 and clamp 1000 have update_norm 11.9–215 (median ≈ 100) and drops up to
+0.93. A small model's rank-one update is large next to its weight; on 6–7 B models lower
+``max_update_norm`` to a few times your textbook baseline's ``update_norm``.
+
+H is the mean over prompts of (H₂ + 2·H₃)/3, Hₙ the entropy in bits of the continuation's
+n-gram distribution over GEN_TOKENS greedy tokens (trigrams weighted double, as in ROME)."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from tuner.rome.adapters import Adapter
+from tuner.rome.tokens import encode, make_batch, pad_id_of, padding_side
+
+GEN_TOKENS = 16
+MAX_UPDATE_NORM = 25.0
+MAX_ENTROPY_DROP = 0.5
+
+
+@torch.no_grad()
+def greedy_continuations(model: Any, tok: Any, adapter: Adapter, prompts: Sequence[str],
+                         n_tokens: int = GEN_TOKENS) -> list[list[int]]:
+    """The next ``n_tokens`` greedy tokens after each prompt (no cache: a few short prompts)."""
+    device = next(model.parameters()).device
+    rows = [encode(tok, p) for p in prompts]
+    start = [len(r) for r in rows]
+    side = padding_side(tok, adapter.padding_side)
+    for _ in range(n_tokens):
+        batch = make_batch(rows, pad_id=pad_id_of(tok), side=side, device=device)
+        logits = model(**batch.model_kwargs(model)).logits  # (B, T, V)
+        last = torch.tensor([batch.offsets[i] + len(r) - 1 for i, r in enumerate(rows)], device=device)
+        nxt = logits[torch.arange(len(rows), device=device), last].argmax(-1).tolist()
+        rows = [r + [t] for r, t in zip(rows, nxt)]
+    return [r[s:] for r, s in zip(rows, start)]
+
+
+def ngram_entropy(ids: Sequence[int]) -> float:
+    """(H₂ + 2·H₃)/3 in bits over the token n-grams of one continuation."""
+    total = 0.0
+    for n, weight in ((2, 1.0), (3, 2.0)):
+        grams = Counter(tuple(ids[i : i + n]) for i in range(len(ids) - n + 1))
+        count = sum(grams.values())
+        h = -sum(c / count * math.log2(c / count) for c in grams.values()) if count else 0.0
+        total += weight * h
+    return total / 3.0
+
+
+def generation_entropy(model: Any, tok: Any, adapter: Adapter, prompts: Sequence[str]) -> float:
+    conts = greedy_continuations(model, tok, adapter, prompts)
+    return sum(ngram_entropy(c) for c in conts) / len(conts)
+
+
+def fluency_prompts(fact: Any, per_group: int = 2) -> list[str]:
+    """The fact's rewrite prompt and its first paraphrase and neighbourhood prompts."""
+    return [fact.rewrite_prompt, *fact.paraphrase_prompts[:per_group], *fact.neighborhood_prompts[:per_group]]
+
+
+def is_disabling(metrics: dict[str, Any], *, max_update_norm: float = MAX_UPDATE_NORM,
+                 max_entropy_drop: float = MAX_ENTROPY_DROP) -> bool:
+    """The rule above, on an edit's metrics (``update_norm``, ``gen_entropy_pre``, ``gen_entropy``,
+    ``final_prob``)."""
+    before, after = metrics["gen_entropy_pre"], metrics["gen_entropy"]
+    if not all(math.isfinite(x) for x in (metrics["update_norm"], after, metrics["final_prob"])):
+        return True
+    drop = (before - after) / before if before > 0 else 0.0
+    return metrics["update_norm"] > max_update_norm or drop > max_entropy_drop
