@@ -34,7 +34,6 @@ def reference_v_star(model, tok, module_name: str, seq_first: bool, hp, prompt: 
                      [len(ids) - 1 + j for j in range(len(target_ids))]))
     kl_text = f"{subject} is a"
     kl_row = (ids_of(tok, kl_text), subject_last_index(tok, kl_text, subject), None)
-    delta_holder: dict[str, torch.Tensor] = {}
 
     def run(ids: list[int], idx: int, delta: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """(log-probs (T, V), the module's output at idx) for one unpadded prompt."""
@@ -62,7 +61,6 @@ def reference_v_star(model, tok, module_name: str, seq_first: bool, hp, prompt: 
         _, v0 = run(rows[0][0][: rows[0][1] + 1], rows[0][1], None)
         kl_init = run(kl_row[0], kl_row[1], None)[0][kl_row[1]]
     delta = torch.zeros_like(v0, requires_grad=True)
-    delta_holder["d"] = delta
     opt = torch.optim.Adam([delta], lr=hp.v_lr)
     forwards = 0
     for it in range(hp.v_num_grad_steps):
