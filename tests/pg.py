@@ -30,9 +30,35 @@ def _as_owner(cmd: list[str]) -> list[str]:
     return cmd
 
 
+class Cluster:
+    """A running throw-away cluster: its URL, and the operations a cluster goes through."""
+
+    def __init__(self, url: str, data: Path, opts: str, log: Path) -> None:
+        self.url, self._data, self._opts, self._log = url, data, opts, log
+
+    def _ctl(self, *args: str) -> None:
+        subprocess.run(_as_owner(["pg_ctl", "-D", str(self._data), *args]), check=True, capture_output=True)
+
+    def restart(self, mode: str = "fast") -> None:
+        self._ctl("-o", self._opts, "-l", str(self._log), "-m", mode, "-w", "restart")
+
+    def stop(self, mode: str = "fast") -> None:
+        self._ctl("-m", mode, "-w", "stop")
+
+    def start(self) -> None:
+        self._ctl("-o", self._opts, "-l", str(self._log), "-w", "start")
+
+
 @contextmanager
 def postgres_server() -> Iterator[str]:
     """Yield a ``postgresql+psycopg://`` URL (with a password) to a fresh, empty database."""
+    with postgres_cluster() as cluster:
+        yield cluster.url
+
+
+@contextmanager
+def postgres_cluster() -> Iterator[Cluster]:
+    """A fresh cluster with an empty database ``tuner_test``; ``.url`` has a password."""
     if not shutil.which("initdb") or not shutil.which("pg_ctl"):
         raise RuntimeError("PostgreSQL server binaries (initdb, pg_ctl) are not on PATH")
     root = Path(tempfile.mkdtemp(prefix="tuner-pg-", dir="/tmp"))
@@ -65,7 +91,8 @@ def postgres_server() -> Iterator[str]:
                 if time.time() > deadline:
                     raise
                 time.sleep(0.3)
-        yield f"postgresql+psycopg://tuner:{PASSWORD}@127.0.0.1:{port}/tuner_test"
+        yield Cluster(f"postgresql+psycopg://tuner:{PASSWORD}@127.0.0.1:{port}/tuner_test", data, opts,
+                      root / "log")
     finally:
-        subprocess.run(_as_owner(["pg_ctl", "-D", str(data), "-m", "immediate", "stop"]), capture_output=True)
+        subprocess.run(_as_owner(["pg_ctl", "-D", str(data), "-m", "immediate", "-w", "stop"]), capture_output=True)
         shutil.rmtree(root, ignore_errors=True)

@@ -36,3 +36,14 @@ class StorageError(TunerError):
 
 class StudyError(TunerError):
     """The study does not exist, already exists with another config, or is otherwise unusable."""
+
+
+class Interrupted(BaseException):
+    """SIGINT (Ctrl-C) or SIGTERM (``docker stop``, systemd, the launcher) arrived. Raised by the
+    signal handlers the CLI installs; a ``BaseException`` so ``except Exception`` never eats it.
+    Exit code 128 + the signal number: 130 for SIGINT, 143 for SIGTERM."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+        self.exit_code = 128 + signum

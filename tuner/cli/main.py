@@ -9,6 +9,7 @@ User errors print one line and exit with code 2; tracebacks are for bugs."""
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -43,29 +44,60 @@ def _quiet_libraries() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    # tuner records heartbeats itself around study.ask/tell (tuner.study.worker.Heartbeat)
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def _signals_raise() -> None:
+    """SIGINT and SIGTERM both raise ``Interrupted``: one shutdown path for Ctrl-C, docker stop,
+    systemd and a launcher stopping its workers."""
+    import signal
+
+    from tuner.errors import Interrupted
+
+    def handler(signum: int, _frame: object) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Interrupted(signum)
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    from tuner.errors import Interrupted
+    from tuner.study.storage import RedactingFilter, redact
+
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactingFilter())
     _quiet_libraries()
+    _signals_raise()
     module_name, func_name = args.run.split(":")
     import importlib
 
     try:
         return int(getattr(importlib.import_module(module_name), func_name)(args) or 0)
     except TunerError as exc:
-        print(f"tuner: error: {exc}", file=sys.stderr)
+        print(f"tuner: error: {redact(str(exc))}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("tuner: interrupted", file=sys.stderr)
-        return 130
+    except (Interrupted, KeyboardInterrupt) as exc:
+        code = getattr(exc, "exit_code", 130)
+        if not getattr(args, "quiet", False) and args.command != "launch":  # launch and its workers: one line
+            print(f"tuner: {'terminated' if code == 143 else 'interrupted'}", file=sys.stderr)
+        return code
     except BrokenPipeError:  # `tuner status | head`: the reader left; say nothing more
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EROFS, errno.ENOSPC) and exc.filename:
+            print(f"tuner: error: cannot write {exc.filename}: {exc.strerror}", file=sys.stderr)
+            return 2
+        raise
 
 
 if __name__ == "__main__":

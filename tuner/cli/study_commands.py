@@ -7,6 +7,7 @@ report (``tuner.report``)."""
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     w.add_argument("--threads", type=int, help="CPU threads for torch (default on CPU: 1, so several workers share the cores)")
     w.add_argument("--quiet", action="store_true", help="log warnings only (used by launch)")
     w.add_argument("--sampler-seed-offset", type=int, help="sampler seed = study seed + this (default: the pid)")
+    w.add_argument("--trust-remote-code", action="store_true",
+                   help="consent to run the checkpoint's own Python code when the study asks for it "
+                        "(or TUNER_TRUST_REMOTE_CODE=1); never taken from the database alone")
+    w.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)  # set by launch: stop when it is gone
     w.set_defaults(run="tuner.cli.study_commands:worker")
 
     r = sub.add_parser("report", help="write the HTML report of a study and refresh its dashboard figures")
@@ -59,6 +64,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--from", dest="src", required=True, help="source storage URL")
     c.add_argument("--to", dest="dst", required=True, help="destination storage URL")
     c.set_defaults(run="tuner.cli.study_commands:copy")
+
+    x = sub.add_parser("delete", help="delete a study and all its trials from the storage",
+                       description="Delete a study (its trials, attributes, dashboard figures) from the storage. "
+                                   "Its exported files and reports under storage/ are kept.")
+    x.add_argument("--study", required=True, help="study name")
+    add_storage(x)
+    x.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    x.set_defaults(run="tuner.cli.study_commands:delete")
 
     s = sub.add_parser("status", help="counts by state, best trial and workers of a study")
     s.add_argument("--study", help="study name (default: list the studies)")
@@ -128,8 +141,11 @@ def worker(args: argparse.Namespace) -> int:
 
     if args.quiet:
         logging.getLogger().setLevel(logging.WARNING)
+    from tuner.study.worker import REMOTE_CODE_ENV
+
+    trust = args.trust_remote_code or os.environ.get(REMOTE_CODE_ENV) == "1"
     run_worker(args.storage, args.study, device=args.device, threads=args.threads, quiet=args.quiet,
-               seed_offset=args.sampler_seed_offset)
+               seed_offset=args.sampler_seed_offset, parent_pid=args.parent_pid, trust_remote_code=trust)
     return 0
 
 
@@ -142,7 +158,7 @@ def status(args: argparse.Namespace) -> int:
     from tuner.study.worker import budget_of, count_trials
 
     url = resolve_url(args.storage)
-    storage = make_storage(url, heartbeat=False)
+    storage = make_storage(url, heartbeat=False, create=False)
     if not args.study:
         names = study_names(storage)
         print(f"studies in {redact(url)}: {', '.join(names) if names else 'none'}")
@@ -178,7 +194,7 @@ def report(args: argparse.Namespace) -> int:
     from tuner.study.storage import make_storage, resolve_url
 
     url = resolve_url(args.storage)
-    study, cfg = load_existing(make_storage(url, heartbeat=False), url, args.study)
+    study, cfg = load_existing(make_storage(url, heartbeat=False, create=False), url, args.study)
     out = Path(args.out) if args.out else storage_root() / "reports" / args.study
     path = write_report(study, cfg, out, x=args.x, y=args.y, metric=args.metric, top_k=args.top_k)
     print(f"wrote {path}")
@@ -203,11 +219,38 @@ def copy(args: argparse.Namespace) -> int:
     from tuner.study.storage import make_storage, redact, resolve_url, study_names
 
     src, dst = resolve_url(args.src), resolve_url(args.dst)
-    load_existing(make_storage(src, heartbeat=False), src, args.study)  # exists and is a tuner study
+    load_existing(make_storage(src, heartbeat=False, create=False), src, args.study)  # exists and is a tuner study
     target = make_storage(dst, heartbeat=False)
     if args.study in study_names(target):
         raise StudyError(f"study {args.study!r} already exists in {redact(dst)}")
-    optuna.copy_study(from_study_name=args.study, from_storage=make_storage(src, heartbeat=False),
+    optuna.copy_study(from_study_name=args.study, from_storage=make_storage(src, heartbeat=False, create=False),
                       to_storage=target)
     print(f"copied study {args.study!r}: {redact(src)} -> {redact(dst)}")
+    return 0
+
+
+def delete(args: argparse.Namespace) -> int:
+    import sys
+
+    import optuna
+
+    from tuner.errors import StudyError
+    from tuner.study.setup import check_study_name
+    from tuner.study.storage import make_storage, redact, resolve_url, study_names
+
+    check_study_name(args.study)
+    url = resolve_url(args.storage)
+    storage = make_storage(url, heartbeat=False, create=False)
+    if args.study not in study_names(storage):
+        raise StudyError(f"study {args.study!r} not found in {redact(url)}")
+    n = len(storage.get_all_trials(storage.get_study_id_from_name(args.study), deepcopy=False))
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise StudyError(f"refusing to delete study {args.study!r} without confirmation: add --yes")
+        answer = input(f"delete study {args.study!r} and its {n} trials from {redact(url)}? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("not deleted")
+            return 1
+    optuna.delete_study(study_name=args.study, storage=storage)
+    print(f"deleted study {args.study!r} ({n} trials) from {redact(url)}")
     return 0

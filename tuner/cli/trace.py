@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         from tuner.study.storage import make_storage, resolve_url
 
         url = resolve_url(args.storage)
-        study, _ = load_existing(make_storage(url, heartbeat=False), url, args.study)
+        study, _ = load_existing(make_storage(url, heartbeat=False, create=False), url, args.study)
         study.set_user_attr("trace", {k: result[k] for k in ("effects", "top_mlp_layers", "traced", "noise")})
         for fid, fig in figs.items():
             save_plotly_graph_object(study, fig, graph_object_id=f"rome-{fid}")

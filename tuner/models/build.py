@@ -202,6 +202,28 @@ def verify_editability(model: Any, tok: Any, corpus: list[str], fingerprint: str
     return out
 
 
+def check_weights(directory: Path, fix: str) -> None:
+    """Every safetensors file in ``directory`` has a complete header (cheap: no tensor is read)."""
+    from safetensors import safe_open
+
+    for path in sorted(directory.glob("*.safetensors")):
+        try:
+            with safe_open(str(path), "pt"):
+                pass
+        except Exception as exc:  # noqa: BLE001 - SafetensorError, OSError: all mean "unusable"
+            raise ModelBuildError(f"model weights {path} are unreadable ({str(exc).splitlines()[0]}); {fix}") from None
+
+
+def check_cached(out: Path) -> None:
+    """A cached default model is usable: readable meta.json and weights, or the command that fixes it."""
+    fix = "run `tuner model build --force`"
+    try:
+        json.loads((out / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelBuildError(f"{out / 'meta.json'} is unreadable ({str(exc).splitlines()[0]}); {fix}") from None
+    check_weights(out, fix)
+
+
 def model_dir(spec: BuildSpec, root: Path | None = None) -> Path:
     kb_text = Path(spec.kb).read_text(encoding="utf-8")
     return (root or storage_root()) / "models" / spec.key(kb_text)
@@ -218,6 +240,7 @@ def build(spec: BuildSpec = BuildSpec(), *, root: Path | None = None, force: boo
     out.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(out) + ".lock"):
         if (out / "meta.json").is_file() and not force:
+            check_cached(out)
             return out
         kb = corpus_mod.load_kb(spec.kb)
         model, tok, docs, info = train(spec, kb, progress=progress)

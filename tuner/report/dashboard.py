@@ -30,4 +30,4 @@ def serve(url: str, host: str, port: int) -> None:
 
     from tuner.study.storage import make_storage
 
-    run_server(make_storage(url, heartbeat=False), host=host, port=port)
+    run_server(make_storage(url, heartbeat=False, create=False), host=host, port=port)

@@ -214,9 +214,10 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     "textbook": Preset(
         dict(v_num_grad_steps=20, v_lr=0.5, v_weight_decay=0.5, clamp_norm_factor=4.0, kl_factor=0.0625,
-             lr_schedule="constant", early_stop_loss=0.05, v_select="last", key_mode="rome", mom2_adjustment=True),
+             lr_schedule="constant", early_stop_loss=0.05, v_select="last", key_mode="rome"),
         layer_depth_fraction=17 / 48,
-        about="ROME's published GPT-2 XL / GPT-J settings: the baseline every study is compared with"),
+        about="ROME's published GPT-2 XL / GPT-J settings: the baseline every study is compared with "
+              "(mom2_adjustment as the study sets it, so a study without a statistics corpus has one too)"),
     "verify": Preset(
         # Measured on the default model: flips 90% of the first 20 edits at layer 1, where the
         # textbook settings (clamp 4, 20 steps, v_weight_decay 0.5) flip ~10%.

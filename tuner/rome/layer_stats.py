@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -98,7 +99,13 @@ def second_moment(
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
         if path.exists():
-            return load_file(str(path))["mom2"]
+            try:
+                return load_file(str(path))["mom2"]
+            except Exception as exc:  # noqa: BLE001 - truncated/corrupt cache: keep it aside, recompute
+                aside = path.with_name(path.name + f".corrupt-{int(time.time())}")
+                path.replace(aside)
+                log.warning("statistics cache %s is unreadable (%s); moved to %s and recomputing", path,
+                            str(exc).splitlines()[0], aside.name)
         log.info("computing second-moment statistics for %s (%d samples)", module, n_samples)
         mom2, count = compute_second_moment(
             model, tok, adapter, layer, texts, n_samples=n_samples, progress=progress

@@ -20,7 +20,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from tuner.errors import ConfigError, TunerError
+from tuner.errors import ConfigError, Interrupted, TunerError
 from tuner.study.config import StudyConfig
 from tuner.study.storage import ENV, make_storage, redact, resolve_url
 
@@ -54,12 +54,17 @@ def plan_workers(workers: str) -> list[dict[str, str]]:
     return [{"device": "cpu", "threads": str(threads)} for _ in range(n)]
 
 
-def _spawn(name: str, url: str, plan: dict[str, str], index: int) -> subprocess.Popen:
+def _spawn(name: str, url: str, plan: dict[str, str], index: int, *, trust_remote_code: bool) -> subprocess.Popen:
+    from tuner.study.worker import REMOTE_CODE_ENV
+
     env = {**os.environ, ENV: url}  # the URL (and its password) travels by env, not by argv
+    env.pop(REMOTE_CODE_ENV, None)
+    if trust_remote_code:  # the YAML given to this launch is the consent for the workers it starts
+        env[REMOTE_CODE_ENV] = "1"
     if "CUDA_VISIBLE_DEVICES" in plan:
         env["CUDA_VISIBLE_DEVICES"] = plan["CUDA_VISIBLE_DEVICES"]
     cmd = [sys.executable, "-m", "tuner", "worker", "--study", name, "--device", plan["device"], "--quiet",
-           "--sampler-seed-offset", str(index)]
+           "--sampler-seed-offset", str(index), "--parent-pid", str(os.getpid())]
     if "threads" in plan:
         cmd += ["--threads", plan["threads"]]
     return subprocess.Popen(cmd, env=env)
@@ -71,9 +76,10 @@ def _postfix(counts: Any) -> str:
 
 
 def _stop(procs: list[subprocess.Popen], timeout: float = 60) -> None:
+    """SIGTERM to every worker (each fails and re-enqueues its running trial), then wait."""
     for p in procs:
         if p.poll() is None:
-            p.send_signal(signal.SIGINT)
+            p.send_signal(signal.SIGTERM)
     deadline = time.time() + timeout
     for p in procs:
         try:
@@ -94,7 +100,7 @@ class Launched:
 
 def launch(config: str, *, trials: int | None, study_name: str | None, url: str | None, workers: str,
            create_only: bool = False, progress: bool = True, seed_from_trace: bool = False) -> Launched:
-    from tuner.study.setup import bound_space, create_or_resume
+    from tuner.study.setup import create_or_resume, validate_study
     from tuner.study.worker import count_trials
 
     cfg = StudyConfig.load(config)
@@ -103,7 +109,7 @@ def launch(config: str, *, trials: int | None, study_name: str | None, url: str 
     if budget < 1:
         raise ConfigError(f"--trials must be >= 1, got {budget}")
     url = resolve_url(url)
-    bound_space(cfg)  # before any row is written
+    validate_study(cfg, name)  # everything checked before any row or file is written
     plans = plan_workers(workers)
     storage = make_storage(url)
     trace = None
@@ -130,19 +136,21 @@ def launch(config: str, *, trials: int | None, study_name: str | None, url: str 
                disable=not progress, dynamic_ncols=True)
     try:
         if counts.waiting or counts.finished + counts.running < budget:
-            procs = [_spawn(name, url, p, i) for i, p in enumerate(plans)]
+            procs = [_spawn(name, url, p, i, trust_remote_code=cfg.model.trust_remote_code)
+                     for i, p in enumerate(plans)]
         while any(p.poll() is None for p in procs):
             time.sleep(1.0)
             counts = count_trials(study)
             bar.n = min(counts.finished, budget)
             bar.set_postfix_str(_postfix(counts), refresh=False)
             bar.refresh()
-    except KeyboardInterrupt:
+    except (Interrupted, KeyboardInterrupt) as exc:
         bar.close()
-        print("\ninterrupted: stopping workers (their running trials are marked failed) ...", file=sys.stderr)
         _stop(procs)
-        print(f"stopped; rerun the same command to resume study {name!r}", file=sys.stderr)
-        return Launched(130, study, cfg, finished=False)
+        code = getattr(exc, "exit_code", 130)
+        print(f"\n{'terminated' if code == 143 else 'interrupted'}: workers stopped, their running trials failed and "
+              f"queued again; rerun the same command to resume study {name!r}", file=sys.stderr)
+        return Launched(code, study, cfg, finished=False)
     counts = count_trials(study)
     bar.n = min(counts.finished, budget)
     bar.set_postfix_str(_postfix(counts))

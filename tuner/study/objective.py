@@ -124,7 +124,10 @@ class Objective:
             trial.set_user_attr("trajectory", trajectories)
             trial.set_user_attr("seconds", round(time.perf_counter() - t0, 3))
             trial.set_user_attr("compute_seconds", round(sum(m["compute_seconds"] for m in per_fact), 3))
-            trial.set_user_attr(CONSTRAINTS, [float(sum(bool(m["disabling_edit"]) for m in per_fact))])
+            constraint = [float(sum(bool(m["disabling_edit"]) for m in per_fact))]
+            trial.set_user_attr(CONSTRAINTS, constraint)  # what tuner's own best-trial logic reads
+            if hasattr(trial, "set_constraint"):  # Optuna ≥ 5: what its samplers read
+                trial.set_constraint("disabling_edits", constraint[0])
             if per_fact:
                 save_trial_note(trial, per_fact, hp)
                 n = len(per_fact)

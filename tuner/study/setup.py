@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Any
 
 from tuner.errors import ConfigError, StudyError
@@ -22,6 +23,57 @@ def config_hash(cfg: StudyConfig) -> str:
     d.pop("base_dir")
     d.pop("trials")
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+def check_study_name(name: str) -> None:
+    """A study name becomes a directory under the storage root (reports, exports): only a safe
+    pattern, so nothing is ever written outside it."""
+    if not STUDY_NAME.match(name or ""):
+        raise ConfigError(f"study name {name!r} is not allowed: use up to 100 letters, digits, '-', '_' or '.', "
+                          "starting with a letter or digit")
+
+
+def validate_study(cfg: StudyConfig, name: str) -> SearchSpace:
+    """Everything a study needs, checked before anything is written: name, search space against
+    the model's depth, the fact file and its records, the fact count, the model's files (cheap
+    header reads), the statistics corpus when C⁻¹ may be used. Returns the bound search space."""
+    from tuner.errors import ModelBuildError
+
+    check_study_name(name)
+    space = bound_space(cfg)
+    cfg.select_facts()
+    if cfg.model.is_default:
+        from tuner.models.build import BuildSpec, check_cached, model_dir
+
+        kb = cfg.resolve(cfg.model.kb)
+        if not kb.is_file():
+            raise ConfigError(f"model.kb not found: {kb}")
+        cached = model_dir(BuildSpec(arch=cfg.model.arch, kb=str(kb)))
+        if (cached / "meta.json").exists():
+            check_cached(cached)
+    else:
+        from pathlib import Path
+
+        from tuner.models.build import check_weights
+
+        if Path(cfg.model.name).is_dir():
+            try:
+                check_weights(Path(cfg.model.name), "check the checkpoint's files")
+            except ModelBuildError as exc:
+                raise ConfigError(str(exc)) from None
+        searched = next((d for d in space.dimensions if d.name == "mom2_adjustment"), None)
+        uses_c = cfg.hparams.mom2_adjustment or (searched is not None and True in searched.choices)
+        if uses_c and not cfg.model.stats_corpus:
+            raise ConfigError("mom2_adjustment needs a statistics corpus: set model.stats_corpus (a text file, one "
+                              "document per line) or hparams.mom2_adjustment: false")
+    if cfg.model.stats_corpus:
+        corpus = cfg.resolve(cfg.model.stats_corpus)
+        if not corpus.is_file() or not corpus.stat().st_size:
+            raise ConfigError(f"model.stats_corpus {corpus} is missing or empty")
+    return space
 
 
 def bound_space(cfg: StudyConfig) -> SearchSpace:
@@ -43,10 +95,12 @@ def make_sampler(cfg: StudyConfig, seed: int | None = None) -> Any:
     seed = cfg.seed if seed is None else seed
     if cfg.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    # Trials with a disabling edit are infeasible: the sampler learns to avoid them.
+    # Trials with a disabling edit are infeasible: the sampler learns to avoid them. Optuna 5 reads
+    # the constraint the objective sets on the trial; older versions need constraints_func.
+    extra = {} if int(optuna.__version__.split(".")[0]) >= 5 else {"constraints_func": constraints}
     if cfg.sampler == "gp":
-        return optuna.samplers.GPSampler(seed=seed, constraints_func=constraints)
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=N_STARTUP, constraints_func=constraints)
+        return optuna.samplers.GPSampler(seed=seed, **extra)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=N_STARTUP, **extra)
 
 
 def make_pruner(cfg: StudyConfig) -> Any:
@@ -131,6 +185,7 @@ def create_or_resume(storage: Any, url: str, cfg: StudyConfig, name: str, budget
 def load_existing(storage: Any, url: str, name: str) -> tuple[Any, StudyConfig]:
     import optuna
 
+    check_study_name(name)
     names = study_names(storage)
     if name not in names:
         listing = ", ".join(names) if names else "none"

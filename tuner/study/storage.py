@@ -6,7 +6,9 @@ Passwords never appear in messages (``redact``).
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +32,36 @@ def resolve_url(url: str | None) -> str:
     return url
 
 
-def redact(url: str) -> str:
-    try:
-        from sqlalchemy.engine import make_url
+_SECRET_QUERY = re.compile(r"(?i)([?&](?:password|sslpassword|passfile|sslkey|pass)=)[^&#\s]*")
+_URL = re.compile(r"(?P<scheme>[a-z][a-z0-9+.\-]*://)(?P<rest>[^\s'\"]*)", re.IGNORECASE)
 
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url.split("@")[-1] if "@" in url else url
+
+def redact(text: str) -> str:
+    """Every URL in ``text`` with its password (userinfo, even with an ``@`` inside, and query
+    parameters such as ``password``/``sslpassword``) replaced by ``***``."""
+
+    def one(m: re.Match) -> str:
+        rest = m.group("rest")
+        slash = rest.find("/")
+        authority, path = (rest, "") if slash < 0 else (rest[:slash], rest[slash:])
+        at = authority.rfind("@")  # the host follows the *last* @: a password may contain @
+        if at >= 0:
+            userinfo, host = authority[:at], authority[at + 1:]
+            user = userinfo.split(":", 1)[0]
+            authority = f"{user}:***@{host}" if ":" in userinfo else f"{user}@{host}"
+        return m.group("scheme") + authority + _SECRET_QUERY.sub(r"\1***", path)
+
+    return _URL.sub(one, text)
+
+
+class RedactingFilter(logging.Filter):
+    """Log records never carry a password, whoever logs them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.args:
+            record.msg, record.args = record.getMessage(), ()
+        record.msg = redact(str(record.msg))
+        return True
 
 
 def heartbeat_settings() -> tuple[int, int]:
@@ -46,15 +71,40 @@ def heartbeat_settings() -> tuple[int, int]:
     return interval, grace
 
 
-def make_storage(url: str | None, *, heartbeat: bool = True) -> Any:
-    import optuna
-    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+def outage_window() -> float:
+    """How long storage operations are retried through a database outage (seconds)."""
+    return float(os.environ.get("TUNER_DB_OUTAGE_SECONDS", "300"))
+
+
+def sqlite_path(url: str) -> Path | None:
+    path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else None
+    return None if path in (None, "", ":memory:") else Path(path)
+
+
+def check_writable(url: str) -> None:
+    """A SQLite database (or the directory it would be created in) must be writable."""
+    path = sqlite_path(url)
+    if path is None:
+        return
+    target = path if path.exists() else next((p for p in path.parents if p.exists()), Path("."))
+    if not os.access(target, os.W_OK):
+        raise StorageError(f"cannot write the SQLite database at {path}: {target} is read-only")
+
+
+def make_storage(url: str | None, *, heartbeat: bool = True, create: bool = True) -> Any:
+    """The study storage. ``create=False`` (read-only commands): a SQLite file must already exist."""
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
     from sqlalchemy.exc import SQLAlchemyError
 
+    from tuner.study.retrying import RetryingRDBStorage
+
     url = resolve_url(url)
-    if url.startswith("sqlite:///"):
-        path = Path(url[len("sqlite:///"):])
-        if str(path) not in ("", ":memory:"):
+    path = sqlite_path(url)
+    if path is not None:
+        if not create and not path.is_file():
+            raise StorageError(f"no database at {path} (this command only reads; create a study with tuner launch)")
+        if create:
+            check_writable(url)
             path.parent.mkdir(parents=True, exist_ok=True)
         engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": 60}}
     else:
@@ -67,10 +117,13 @@ def make_storage(url: str | None, *, heartbeat: bool = True) -> Any:
         kwargs = dict(heartbeat_interval=interval, grace_period=grace,
                       heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
     try:
-        return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+        return RetryingRDBStorage(url, engine_kwargs=engine_kwargs, outage_seconds=outage_window(), **kwargs)
+    except ImportError as exc:
+        raise StorageError(f"the database driver for {redact(url)} is not installed ({exc.name or exc}); "
+                           "PostgreSQL needs `pip install psycopg[binary]` (postgresql+psycopg://)") from None
     except (SQLAlchemyError, OSError, ValueError) as exc:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        raise StorageError(f"cannot open storage {redact(url)}: {reason}") from None
+        raise StorageError(f"cannot open storage {redact(url)}: {redact(reason)}") from None
 
 
 def study_names(storage: Any) -> list[str]:

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from tuner.errors import TunerError
+from tuner.errors import StudyError, TunerError
 
 log = logging.getLogger(__name__)
+REMOTE_CODE_ENV = "TUNER_TRUST_REMOTE_CODE"
 MAX_CONSECUTIVE_FAILURES = 5
 POLL_SECONDS = 1.0
 
@@ -87,30 +89,124 @@ def ensure_baseline(study: Any, cfg: Any, editor: Any, facts: list) -> None:
     })
 
 
-def fail_if_running(study: Any, number: int | None) -> None:
-    """Ctrl-C can land after the objective returned but before Optuna stored the result; never
-    leave this worker's trial RUNNING (it would wait for the heartbeat grace to be retried)."""
+class Heartbeat:
+    """Records the trial's heartbeat every ``interval`` seconds in a daemon thread, so a worker
+    that dies is noticed; retried through outages by the storage itself."""
+
+    def __init__(self, storage: Any, trial_id: int, interval: float) -> None:
+        self._stop = threading.Event()
+        self._storage, self._trial_id, self._interval = storage, trial_id, interval
+        storage.record_heartbeat(trial_id)
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{trial_id}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self._storage.record_heartbeat(self._trial_id)
+            except Exception as exc:  # noqa: BLE001 - past the outage window: the trial goes stale
+                log.warning("heartbeat of trial id %d not recorded: %s", self._trial_id, str(exc).splitlines()[0])
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+WAIT = "wait"
+
+
+def reserve(study: Any, storage: Any, lock: Any, budget: int) -> Any:
+    """Under the study's budget lock: a trial to run (a waiting retry first), ``WAIT`` while other
+    workers hold the rest of the budget, or ``None`` once the budget is met. Retried through a
+    database outage like every storage call."""
     import optuna
 
-    if number is None:
-        return
-    trial = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
-    if trial is not None and trial.state == optuna.trial.TrialState.RUNNING:
-        study.tell(number, state=optuna.trial.TrialState.FAIL)
+    from tuner.study.retrying import is_transient
+    from tuner.study.storage import outage_window
+
+    deadline = None
+    while True:
+        try:
+            optuna.storages.fail_stale_trials(study)  # a dead worker's trial → FAIL + a WAITING retry
+            with lock.held():
+                counts = count_trials(study)
+                if counts.finished >= budget:
+                    return None
+                if counts.waiting == 0 and counts.finished + counts.running >= budget:
+                    return WAIT
+                trial = study.ask()
+                heartbeat = Heartbeat(storage, trial._trial_id, storage.get_heartbeat_interval() or 10)
+                return trial, heartbeat
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            deadline = deadline or time.monotonic() + outage_window()
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(2.0)
+
+
+def run_trial(study: Any, objective: Any, trial: Any, heartbeat: Heartbeat) -> Any:
+    """Run one reserved trial and tell Optuna its outcome. An interrupt (Ctrl-C, SIGTERM, the
+    launcher gone) fails it and re-enqueues its parameters, so the rerun repeats it."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from tuner.errors import Interrupted
+
+    try:
+        try:
+            value = objective(trial)
+        except optuna.TrialPruned:
+            return study.tell(trial, state=TrialState.PRUNED)
+        except Interrupted:
+            heartbeat.stop()
+            study.tell(trial, state=TrialState.FAIL)
+            study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number})
+            raise
+        except Exception as exc:  # the objective stored the reason; the worker carries on
+            log.warning("trial %d failed: %s", trial.number, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            return study.tell(trial, state=TrialState.FAIL)
+        return study.tell(trial, value)
+    finally:
+        heartbeat.stop()
+
+
+def watch_parent(parent_pid: int) -> None:
+    """Workers never outlive their launcher: if it disappears (even by kill -9), this worker
+    gets SIGTERM and stops like any terminated worker."""
+    import signal
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent_pid:
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def run_worker(url: str | None, name: str, *, device: str | None = None, threads: int | None = None,
-               quiet: bool = False, seed_offset: int | None = None) -> int:
+               quiet: bool = False, seed_offset: int | None = None, parent_pid: int | None = None,
+               trust_remote_code: bool = False) -> int:
     import optuna
     import torch
+
+    from tuner.study.budget import BudgetLock
 
     from tuner.study.objective import Objective
     from tuner.study.setup import bound_space, load_existing, make_pruner, make_sampler
     from tuner.study.storage import make_storage, resolve_url
 
     url = resolve_url(url)
-    storage = make_storage(url)
+    if parent_pid is not None:
+        watch_parent(parent_pid)
+    storage = make_storage(url, create=False)
     _, cfg = load_existing(storage, url, name)  # the config is parsed once, here
+    if cfg.model.trust_remote_code and not trust_remote_code:
+        raise StudyError(f"study {name!r} runs its checkpoint's own Python code (model.trust_remote_code); this "
+                         f"worker runs it only with --trust-remote-code or {REMOTE_CODE_ENV}=1")
     space = bound_space(cfg)
     facts = cfg.select_facts()
     loaded = cfg.load_model(device=device, progress=not quiet)
@@ -131,29 +227,27 @@ def run_worker(url: str | None, name: str, *, device: str | None = None, threads
     ensure_baseline(study, cfg, editor, facts)
     objective = Objective(cfg, editor, facts, space, fingerprint=loaded.fingerprint, device=loaded.device)
     log.info("worker %d on %s joined study %r (%d facts per trial)", os.getpid(), loaded.device, name, len(facts))
+    lock = BudgetLock(storage, url, name)
+    budget = budget_of(study)
     ran, failures = 0, 0
     while True:
-        optuna.storages.fail_stale_trials(study)  # a dead worker's trial → FAIL + a WAITING retry
-        counts = count_trials(study)
-        if counts.finished >= budget_of(study):
+        reserved = reserve(study, storage, lock, budget)
+        if reserved is None:
             break
-        if counts.waiting == 0 and counts.finished + counts.running >= budget_of(study):
+        if reserved == WAIT:
             # Other workers hold the rest of the budget. Wait: if one of them dies, its trial goes
             # stale, is failed here and re-enqueued as WAITING, and this worker runs it.
             time.sleep(POLL_SECONDS)
+            budget = budget_of(study)
             continue
-        done: list = []
-        try:
-            study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False,
-                           callbacks=[lambda _study, trial: done.append(trial)])
-        except KeyboardInterrupt:
-            fail_if_running(study, objective.current)
-            raise
+        trial, heartbeat = reserved
+        objective.current = trial.number
+        frozen = run_trial(study, objective, trial, heartbeat)
         ran += 1
-        if done and done[-1].state == optuna.trial.TrialState.FAIL:
+        if frozen.state == optuna.trial.TrialState.FAIL:
             failures += 1
             if failures >= MAX_CONSECUTIVE_FAILURES:
-                reason = done[-1].user_attrs.get("fail_reason", "see the trial attributes")
+                reason = frozen.user_attrs.get("fail_reason", "see the trial attributes")
                 raise TunerError(f"{failures} trials in a row failed; last reason: {reason}")
         else:
             failures = 0

@@ -1,0 +1,180 @@
+"""What a cluster does to the service, done for real: database restarts and outages, many workers
+racing for the last trials, kill -9, SIGTERM to the launcher or its whole process group.
+Every scenario must end on exactly the budget with no trial left RUNNING."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import optuna
+import pytest
+
+from tests.conftest import ROOT, run_cli
+from tests.pg import PASSWORD, postgres_cluster
+from tests.study.conftest import write_study
+
+pytestmark = pytest.mark.slow
+States = optuna.trial.TrialState
+
+
+def _counts(url: str, name: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for t in optuna.load_study(study_name=name, storage=url).get_trials(deepcopy=False):
+        out[t.state.name] = out.get(t.state.name, 0) + 1
+    return out
+
+
+def _finished(url: str, name: str) -> set[int]:
+    study = optuna.load_study(study_name=name, storage=url)
+    return {t.number for t in study.get_trials(deepcopy=False, states=(States.COMPLETE, States.PRUNED))}
+
+
+def _launch(cfg, url: str, trials: int, workers: int, env: dict, name: str = "small") -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "tuner", "launch", "--config", str(cfg), "--trials", str(trials),
+                             "--workers", str(workers), "--storage", url, "--study", name, "--no-progress"],
+                            cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+
+
+def _wait_for(predicate, timeout: float = 240) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if predicate():
+                return
+        except (KeyError, Exception):  # noqa: BLE001 - the study may not exist yet / db restarting
+            pass
+        time.sleep(0.3)
+    raise AssertionError("condition not reached")
+
+
+def _worker_pids(parent: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(parent)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie is gone for our purposes
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().split()[2] != "Z"
+
+
+@pytest.mark.parametrize("storage", ["sqlite", "postgres"])
+def test_eight_workers_land_exactly_on_small_budgets(tmp_path, env, storage):
+    cfg = write_study(tmp_path / "small.yaml", facts={"per_trial": 2}, search={"v_num_grad_steps": {"low": 5, "high": 8}})
+    with postgres_cluster() if storage == "postgres" else _nullcluster(tmp_path) as cluster:
+        for budget in (4, 6):
+            name = f"b{budget}"
+            proc = _launch(cfg, cluster.url, budget, 8, env, name)
+            out, err = proc.communicate(timeout=400)
+            assert proc.returncode == 0, err
+            counts = _counts(cluster.url, name)
+            assert counts.get("COMPLETE", 0) + counts.get("PRUNED", 0) == budget, counts
+            assert counts.get("RUNNING", 0) == 0 and counts.get("WAITING", 0) == 0, counts
+            assert PASSWORD not in out + err
+
+
+class _nullcluster:
+    def __init__(self, tmp_path) -> None:
+        self.url = f"sqlite:///{tmp_path / 'tuner.db'}"
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+def _outage_study(tmp_path, env, action, budget: int = 14):
+    """A 4-worker PostgreSQL study with slow-ish trials; ``action(cluster)`` runs once 3 trials
+    have finished. Returns (launch result, finished before, finished after)."""
+    cfg = write_study(tmp_path / "small.yaml", facts={"per_trial": 2},
+                      search={"v_num_grad_steps": {"low": 30, "high": 45}}, pruner="none")
+    env = {**env, "TUNER_DB_OUTAGE_SECONDS": "120"}
+    with postgres_cluster() as cluster:
+        proc = _launch(cfg, cluster.url, budget, 4, env)
+        _wait_for(lambda: len(_finished(cluster.url, "small")) >= 3)
+        before = _finished(cluster.url, "small")
+        action(cluster)
+        out, err = proc.communicate(timeout=500)
+        counts = _counts(cluster.url, "small")
+        after = _finished(cluster.url, "small")
+    return proc.returncode, out, err, counts, before, after
+
+
+@pytest.mark.parametrize("mode", ["fast", "immediate"])
+def test_database_restart_mid_study(tmp_path, env, mode):
+    code, out, err, counts, before, after = _outage_study(tmp_path, env, lambda c: c.restart(mode))
+    assert code == 0, err
+    assert counts.get("COMPLETE", 0) + counts.get("PRUNED", 0) == 14 and counts.get("RUNNING", 0) == 0, counts
+    assert before <= after  # no finished trial lost
+    assert "Traceback" not in err and PASSWORD not in out + err
+
+
+def test_database_down_for_20_seconds(tmp_path, env):
+    def outage(cluster) -> None:
+        cluster.stop("fast")
+        time.sleep(20)
+        cluster.start()
+
+    code, out, err, counts, before, after = _outage_study(tmp_path, env, outage)
+    assert code == 0, err
+    assert counts.get("COMPLETE", 0) + counts.get("PRUNED", 0) == 14 and counts.get("RUNNING", 0) == 0, counts
+    assert before <= after
+    assert "Traceback" not in err
+    assert "database unreachable" in err  # one line per outage and process, not a traceback
+
+
+@pytest.mark.parametrize("target", ["launch", "group"])
+def test_sigterm_stops_everything_and_the_same_command_resumes(tmp_path, small_study, env, target):
+    url = f"sqlite:///{tmp_path / 'tuner.db'}"
+    proc = _launch(small_study, url, 30, 2, env)
+    _wait_for(lambda: _counts(url, "small").get("RUNNING", 0) >= 1 and len(_worker_pids(proc.pid)) == 2)
+    workers = _worker_pids(proc.pid)
+    if target == "launch":
+        os.kill(proc.pid, signal.SIGTERM)
+    else:
+        os.killpg(proc.pid, signal.SIGTERM)  # what docker stop / systemd send
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    time.sleep(1.5)
+    assert not any(_alive(p) for p in workers), "a worker outlived its launcher"
+    counts = _counts(url, "small")
+    assert counts.get("RUNNING", 0) == 0, counts
+    assert counts.get("WAITING", 0) >= 1  # the interrupted trials are queued again
+    assert "Traceback" not in err and len([ln for ln in err.splitlines() if "terminated" in ln]) == 1, err
+    done = len(_finished(url, "small"))
+    resume = run_cli("launch", "--config", str(small_study), "--trials", str(done + 3), "--workers", "1",
+                     "--storage", url, "--no-progress", env=env)
+    assert resume.returncode == 0, resume.stderr
+    counts = _counts(url, "small")
+    assert counts.get("COMPLETE", 0) + counts.get("PRUNED", 0) == done + 3 and counts.get("RUNNING", 0) == 0
+
+
+def test_workers_die_with_a_killed_launcher(tmp_path, small_study, env):
+    url = f"sqlite:///{tmp_path / 'tuner.db'}"
+    proc = _launch(small_study, url, 30, 2, env)
+    _wait_for(lambda: _counts(url, "small").get("RUNNING", 0) >= 1 and len(_worker_pids(proc.pid)) == 2)
+    workers = _worker_pids(proc.pid)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=30)
+    _wait_for(lambda: not any(_alive(p) for p in workers), timeout=30)
+    assert _counts(url, "small").get("RUNNING", 0) == 0
+
+
+def test_remote_code_needs_the_workers_consent(tmp_path, env):
+    cfg = write_study(tmp_path / "remote.yaml", name="remote", model={"trust_remote_code": True})
+    url = f"sqlite:///{tmp_path / 'tuner.db'}"
+    assert run_cli("launch", "--config", str(cfg), "--create-only", "--storage", url, env=env).returncode == 0
+    refused = run_cli("worker", "--study", "remote", "--storage", url, env=env)
+    assert refused.returncode == 2 and "--trust-remote-code" in refused.stderr and "Traceback" not in refused.stderr
+    assert _counts(url, "remote") == {"WAITING": _counts(url, "remote").get("WAITING", 0)}  # nothing ran

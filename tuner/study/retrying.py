@@ -1,0 +1,123 @@
+"""An Optuna RDB storage that rides out database outages.
+
+Every storage call is retried with backoff (0.5 s doubling to 10 s) for up to ``outage_seconds``
+(``TUNER_DB_OUTAGE_SECONDS``, default 300) when the database is unreachable or the connection
+dropped — a PostgreSQL restart, failover or network blip — reconnecting through the pool
+(pre-pinged connections). One warning when an outage starts and one line when it ends, per
+process, instead of a traceback. Results a worker computed are held in memory and stored when
+the database returns; past the window the error propagates and the trial is retried elsewhere
+once its heartbeat goes stale.
+
+    TUNER_DB_OUTAGE_SECONDS=600 tuner worker --study default
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+from typing import Any
+
+from optuna.storages import RDBStorage
+
+log = logging.getLogger(__name__)
+
+# Calls a retry may repeat safely, or whose repetition is detected (see _already_done).
+RETRIED = ("check_trial_is_updatable", "create_new_study", "create_new_trial", "delete_study", "get_all_studies",
+           "get_all_trials", "get_best_trial", "get_n_trials", "get_study_directions", "get_study_id_from_name",
+           "get_study_name_from_id", "get_study_system_attrs", "get_study_user_attrs", "get_trial",
+           "get_trial_id_from_study_id_trial_number", "get_trial_number_from_id", "get_trial_param",
+           "get_trial_params", "get_trial_system_attrs", "get_trial_user_attrs", "record_heartbeat",
+           "set_study_system_attr", "set_study_user_attr", "set_trial_intermediate_value", "set_trial_param",
+           "set_trial_state_values", "set_trial_system_attr", "set_trial_user_attr", "_get_stale_trial_ids")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """The database is unreachable or the connection dropped (not a bug, not bad data)."""
+    from optuna.exceptions import StorageInternalError
+    from sqlalchemy.exc import DBAPIError, OperationalError, PendingRollbackError, TimeoutError
+
+    if isinstance(exc, (OperationalError, PendingRollbackError, TimeoutError)):
+        return True
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    if isinstance(exc, StorageInternalError):  # Optuna wraps SQLAlchemy errors raised at commit
+        cause = exc.__cause__ or exc.__context__
+        return cause is None or is_transient(cause)
+    # Optuna's set_trial_state_values reads an unset local when its commit fails (Optuna bug).
+    return isinstance(exc, UnboundLocalError) and "updated_state" in str(exc)
+
+
+class _Outage:
+    """Per-process outage bookkeeping: one line when it starts, one when it ends."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.since: float | None = None
+
+    def start(self, exc: BaseException, window: float) -> None:
+        with self.lock:
+            if self.since is None:
+                self.since = time.monotonic()
+                reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:200]
+                log.warning("database unreachable (%s); retrying for up to %.0f s", reason, window)
+
+    def end(self) -> None:
+        with self.lock:
+            if self.since is not None:
+                log.warning("database reachable again after %.1f s", time.monotonic() - self.since)
+                self.since = None
+
+
+def _retrying(name: str, method: Any) -> Any:
+    @functools.wraps(method)
+    def call(self: RetryingRDBStorage, *args: Any, **kwargs: Any) -> Any:
+        deadline, delay = None, 0.5
+        while True:
+            try:
+                result = method(self, *args, **kwargs)
+            except Exception as exc:
+                if not is_transient(exc):
+                    if deadline is not None and _already_done(self, name, args, kwargs, exc):
+                        self._outage.end()
+                        return True
+                    raise
+                deadline = deadline or time.monotonic() + self.outage_seconds
+                if time.monotonic() >= deadline:
+                    raise
+                self._outage.start(exc, self.outage_seconds)
+                try:
+                    self.engine.dispose()  # drop dead pooled connections; the next call reconnects
+                except Exception:  # noqa: BLE001 - disposing a broken pool may itself fail
+                    pass
+                time.sleep(delay)
+                delay = min(10.0, delay * 2)
+                continue
+            if deadline is not None:
+                self._outage.end()
+            return result
+
+    return call
+
+
+def _already_done(storage: Any, name: str, args: tuple, kwargs: dict, exc: BaseException) -> bool:
+    """A retried state change that had in fact committed before the connection dropped."""
+    from optuna.exceptions import UpdateFinishedTrialError
+
+    return name == "set_trial_state_values" and isinstance(exc, UpdateFinishedTrialError)
+
+
+class RetryingRDBStorage(RDBStorage):
+    """``RDBStorage`` whose calls retry through outages. Opening it does not retry: a database
+    that is unreachable when a command starts is a wrong URL until proven otherwise."""
+
+    def __init__(self, url: str, *, outage_seconds: float = 300.0, **kwargs: Any) -> None:
+        self.outage_seconds = outage_seconds
+        self._outage = _Outage()
+        super().__init__(url, **kwargs)
+
+
+for _name in RETRIED:
+    if hasattr(RDBStorage, _name):
+        setattr(RetryingRDBStorage, _name, _retrying(_name, getattr(RDBStorage, _name)))
