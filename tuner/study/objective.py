@@ -113,6 +113,10 @@ class Objective:
                     if trial.should_prune():
                         raise optuna.TrialPruned(f"running mean {running:.4f} after {i + 1} facts")
         except BaseException as exc:
+            from optuna.exceptions import UpdateFinishedTrialError
+
+            if isinstance(exc, UpdateFinishedTrialError):
+                raise  # the trial was finished elsewhere: nothing more can be recorded on it
             if not isinstance(exc, optuna.TrialPruned):
                 reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 if "out of memory" in reason.lower():

@@ -30,7 +30,9 @@ RETRIED = ("check_trial_is_updatable", "create_new_study", "create_new_trial", "
            "get_trial_id_from_study_id_trial_number", "get_trial_number_from_id", "get_trial_param",
            "get_trial_params", "get_trial_system_attrs", "get_trial_user_attrs", "record_heartbeat",
            "set_study_system_attr", "set_study_user_attr", "set_trial_intermediate_value", "set_trial_param",
-           "set_trial_state_values", "set_trial_system_attr", "set_trial_user_attr", "_get_stale_trial_ids")
+           "set_trial_state_values", "set_trial_system_attr", "set_trial_user_attr",
+           # what Optuna's cache layer (_CachedStorage) calls on its backend directly
+           "_get_stale_trial_ids", "_get_trials", "_create_new_trial", "_get_best_trial_id", "_set_trial_param")
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -55,6 +57,7 @@ class _Outage:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.since: float | None = None
+        self.ended: float | None = None  # when the last outage ended (monotonic)
 
     def start(self, exc: BaseException, window: float) -> None:
         with self.lock:
@@ -68,6 +71,7 @@ class _Outage:
             if self.since is not None:
                 log.warning("database reachable again after %.1f s", time.monotonic() - self.since)
                 self.since = None
+                self.ended = time.monotonic()
 
 
 def _retrying(name: str, method: Any) -> Any:
@@ -116,6 +120,12 @@ class RetryingRDBStorage(RDBStorage):
         self.outage_seconds = outage_seconds
         self._outage = _Outage()
         super().__init__(url, **kwargs)
+
+    def in_outage_or_recovering(self, within: float) -> bool:
+        """True during an outage and for ``within`` seconds after it: every heartbeat is old then,
+        so judging other workers' trials stale would fail healthy ones."""
+        o = self._outage
+        return o.since is not None or (o.ended is not None and time.monotonic() - o.ended < within)
 
 
 for _name in RETRIED:

@@ -2,10 +2,11 @@
 
     tuner worker --study default --storage postgresql://user:pw@host/db --device cuda:1
 
-A trial starts only while finished (complete + pruned) + running < budget, counted across every
-worker on every machine, or when a retried trial is waiting. A killed worker's trial is failed
-once its heartbeat is stale and re-enqueued as WAITING by the storage's
-``RetryHeartbeatStaleTrialCallback`` (``tuner.study.storage.make_storage``)."""
+Each trial is reserved under the study's budget lock (``tuner.study.budget``): a queued retry
+first, a new trial only while finished + running + queued < budget, so the study ends on exactly
+its budget. The trial then runs through Optuna's ask/tell with a heartbeat thread; a killed
+worker's trial goes stale, is failed and re-enqueued (``RetryHeartbeatStaleTrialCallback``) and
+run by another worker. Ctrl-C / SIGTERM fail the running trial and queue it again."""
 
 from __future__ import annotations
 
@@ -121,21 +122,31 @@ def reserve(study: Any, storage: Any, lock: Any, budget: int) -> Any:
     database outage like every storage call."""
     import optuna
 
+    from tuner.errors import Interrupted
     from tuner.study.retrying import is_transient
-    from tuner.study.storage import outage_window
+    from tuner.study.storage import heartbeat_settings, outage_window
 
     deadline = None
     while True:
         try:
-            optuna.storages.fail_stale_trials(study)  # a dead worker's trial → FAIL + a WAITING retry
+            interval, grace = heartbeat_settings()
+            if not storage.in_outage_or_recovering(grace + 2 * interval):
+                optuna.storages.fail_stale_trials(study)  # a dead worker's trial → FAIL + a WAITING retry
             with lock.held():
                 counts = count_trials(study)
                 if counts.finished >= budget:
                     return None
                 if counts.waiting == 0 and counts.finished + counts.running >= budget:
                     return WAIT
-                trial = study.ask()
-                heartbeat = Heartbeat(storage, trial._trial_id, storage.get_heartbeat_interval() or 10)
+                trial = None
+                try:
+                    trial = study.ask()
+                    heartbeat = Heartbeat(storage, trial._trial_id, storage.get_heartbeat_interval() or 10)
+                except Interrupted:  # signalled between creating the trial and running it
+                    if trial is not None:
+                        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                        study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number})
+                    raise
                 return trial, heartbeat
         except Exception as exc:
             if not is_transient(exc):
@@ -150,24 +161,34 @@ def run_trial(study: Any, objective: Any, trial: Any, heartbeat: Heartbeat) -> A
     """Run one reserved trial and tell Optuna its outcome. An interrupt (Ctrl-C, SIGTERM, the
     launcher gone) fails it and re-enqueues its parameters, so the rerun repeats it."""
     import optuna
+    from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
     from tuner.errors import Interrupted
+
+    def tell(**kwargs: Any) -> Any:
+        try:
+            return study.tell(trial, **kwargs)
+        except UpdateFinishedTrialError:  # another worker failed it as stale (e.g. a long outage)
+            log.warning("trial %d was finished elsewhere (judged stale); its result is dropped", trial.number)
+            return next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number)
 
     try:
         try:
             value = objective(trial)
         except optuna.TrialPruned:
-            return study.tell(trial, state=TrialState.PRUNED)
+            return tell(state=TrialState.PRUNED)
         except Interrupted:
             heartbeat.stop()
-            study.tell(trial, state=TrialState.FAIL)
-            study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number})
+            if tell(state=TrialState.FAIL).state == TrialState.FAIL:
+                study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number})
             raise
+        except UpdateFinishedTrialError:
+            return tell(state=TrialState.FAIL)
         except Exception as exc:  # the objective stored the reason; the worker carries on
             log.warning("trial %d failed: %s", trial.number, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-            return study.tell(trial, state=TrialState.FAIL)
-        return study.tell(trial, value)
+            return tell(state=TrialState.FAIL)
+        return tell(values=value)
     finally:
         heartbeat.stop()
 
