@@ -47,3 +47,39 @@ class Interrupted(BaseException):
         super().__init__(signum)
         self.signum = signum
         self.exit_code = 128 + signum
+
+
+# -- signals ---------------------------------------------------------------------------------
+# While a worker runs a trial, a signal is only recorded and acted on at the next safe point
+# (between facts): raising inside library code (a context manager's __exit__) prints stray
+# tracebacks and can leave state half-written.
+_pending: list[int] = []
+_deferring = [False]
+
+
+def on_signal(signum: int, _frame: object = None) -> None:
+    """The SIGINT/SIGTERM handler the CLI installs."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if _deferring[0]:
+        _pending.append(signum)
+        return
+    raise Interrupted(signum)
+
+
+def checkpoint() -> None:
+    """Raise ``Interrupted`` here if a signal arrived while deferred."""
+    if _pending:
+        raise Interrupted(_pending[0])
+
+
+class deferred_signals:
+    """Inside the block signals are recorded, not raised; ``checkpoint()`` raises them."""
+
+    def __enter__(self) -> None:
+        _deferring[0] = True
+
+    def __exit__(self, *exc: object) -> None:
+        _deferring[0] = False

@@ -54,15 +54,10 @@ def _signals_raise() -> None:
     systemd and a launcher stopping its workers."""
     import signal
 
-    from tuner.errors import Interrupted
+    from tuner.errors import on_signal
 
-    def handler(signum: int, _frame: object) -> None:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise Interrupted(signum)
-
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

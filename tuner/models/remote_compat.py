@@ -13,9 +13,11 @@ from __future__ import annotations
 import ast
 import functools
 import inspect
-import textwrap
 import json
 import logging
+import textwrap
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +78,11 @@ def load_remote(path: Path, *, dtype: Any) -> tuple[Any, list[str]]:
     if getattr(patched, "_tuner_post_init", False):
         fixes.append(f"{cls.__name__}.__init__ now calls post_init()")
     try:
-        model = patched.from_pretrained(path, config=config, dtype=dtype, local_files_only=True)
+        with _quiet_third_party() as silenced:
+            model = patched.from_pretrained(path, config=config, dtype=dtype, local_files_only=True)
+        if silenced and str(path) not in _LOGGED:
+            log.info("%d warning(s) of transformers and the checkpoint's code while loading %s were silenced "
+                     "(run with -v to see them)", len(silenced), path)
     except Exception as exc:  # the checkpoint's own code: report what broke, in one line
         raise TunerError(f"cannot load {path} even with compatibility fixes ({', '.join(fixes) or 'none'}): "
                          f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
@@ -84,6 +90,29 @@ def load_remote(path: Path, *, dtype: Any) -> tuple[Any, list[str]]:
         _LOGGED.add(str(path))
         log.info("loaded %s with compatibility fixes: %s", path, "; ".join(fixes))
     return model, fixes
+
+
+@contextmanager
+def _quiet_third_party() -> Iterator[list[str]]:
+    """Collect (instead of print) the warnings a remote-code load triggers — transformers'
+    GenerationMixin notice, deprecations in the checkpoint's code — unless logging at DEBUG."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    silenced: list[str] = []
+    if logging.getLogger().isEnabledFor(logging.DEBUG):
+        yield silenced
+        return
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield silenced
+        silenced += [str(w.message) for w in caught]
+    finally:
+        hf_logging.set_verbosity(level)
 
 
 def probe_seq_first(model: Any, tok: Any, module_name: str) -> bool:

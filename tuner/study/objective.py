@@ -15,7 +15,7 @@ import socket
 import time
 from typing import Any
 
-from tuner.errors import EditError
+from tuner.errors import EditError, checkpoint
 from tuner.facts.schema import Fact
 from tuner.study.config import ObjectiveSpec, StudyConfig
 from tuner.study.space import SearchSpace
@@ -92,6 +92,7 @@ class Objective:
         t0 = time.perf_counter()
         try:
             for i, fact in enumerate(self.facts):
+                checkpoint()  # Ctrl-C / SIGTERM take effect here, between facts
                 t_fact = time.perf_counter()
                 result = self.editor.edit(fact, hp)
                 result.metrics["disabling_edit"] = disabling(result.metrics, obj)

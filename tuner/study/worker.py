@@ -164,7 +164,7 @@ def run_trial(study: Any, objective: Any, trial: Any, heartbeat: Heartbeat) -> A
     from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
-    from tuner.errors import Interrupted
+    from tuner.errors import Interrupted, checkpoint, deferred_signals
 
     def tell(**kwargs: Any) -> Any:
         try:
@@ -174,23 +174,26 @@ def run_trial(study: Any, objective: Any, trial: Any, heartbeat: Heartbeat) -> A
             return next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number)
 
     try:
-        try:
-            value = objective(trial)
-        except optuna.TrialPruned:
-            return tell(state=TrialState.PRUNED)
-        except Interrupted:
-            heartbeat.stop()
-            if tell(state=TrialState.FAIL).state == TrialState.FAIL:
-                study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number})
-            raise
-        except UpdateFinishedTrialError:
-            return tell(state=TrialState.FAIL)
-        except Exception as exc:  # the objective stored the reason; the worker carries on
-            log.warning("trial %d failed: %s", trial.number, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-            return tell(state=TrialState.FAIL)
-        return tell(values=value)
+        with deferred_signals():  # a signal now takes effect between facts (objective) or below
+            try:
+                value = objective(trial)
+            except optuna.TrialPruned:
+                return tell(state=TrialState.PRUNED)
+            except Interrupted:
+                heartbeat.stop()
+                if tell(state=TrialState.FAIL).state == TrialState.FAIL:
+                    study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number})
+                raise
+            except UpdateFinishedTrialError:
+                return tell(state=TrialState.FAIL)
+            except Exception as exc:  # the objective stored the reason; the worker carries on
+                log.warning("trial %d failed: %s", trial.number,
+                            str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+                return tell(state=TrialState.FAIL)
+            return tell(values=value)
     finally:
         heartbeat.stop()
+        checkpoint()  # a signal that came while the result was being stored
 
 
 def watch_parent(parent_pid: int) -> None:
