@@ -54,7 +54,7 @@ class Interrupted(BaseException):
 # (between facts): raising inside library code (a context manager's __exit__) prints stray
 # tracebacks and can leave state half-written.
 _pending: list[int] = []
-_deferring = [False]
+_deferring = [0]  # nesting depth of deferred_signals blocks
 
 
 def on_signal(signum: int, _frame: object = None) -> None:
@@ -79,7 +79,7 @@ class deferred_signals:
     """Inside the block signals are recorded, not raised; ``checkpoint()`` raises them."""
 
     def __enter__(self) -> None:
-        _deferring[0] = True
+        _deferring[0] += 1
 
     def __exit__(self, *exc: object) -> None:
-        _deferring[0] = False
+        _deferring[0] -= 1

@@ -214,18 +214,27 @@ def watch_parent(parent_pid: int) -> None:
 def run_worker(url: str | None, name: str, *, device: str | None = None, threads: int | None = None,
                quiet: bool = False, seed_offset: int | None = None, parent_pid: int | None = None,
                trust_remote_code: bool = False) -> int:
-    import optuna
-    import torch
-
-    from tuner.study.budget import BudgetLock
-
-    from tuner.study.objective import Objective
-    from tuner.study.setup import bound_space, load_existing, make_pruner, make_sampler
-    from tuner.study.storage import make_storage, resolve_url
+    from tuner.errors import checkpoint, deferred_signals
+    from tuner.study.storage import resolve_url
 
     url = resolve_url(url)
     if parent_pid is not None:
         watch_parent(parent_pid)
+    with deferred_signals():  # the worker acts on signals only at its checkpoints, never inside a library
+        return _work(url, name, device=device, threads=threads, quiet=quiet, seed_offset=seed_offset,
+                     trust_remote_code=trust_remote_code, checkpoint=checkpoint)
+
+
+def _work(url: str, name: str, *, device: str | None, threads: int | None, quiet: bool, seed_offset: int | None,
+          trust_remote_code: bool, checkpoint: Any) -> int:
+    import optuna
+    import torch
+
+    from tuner.study.budget import BudgetLock
+    from tuner.study.objective import Objective
+    from tuner.study.setup import bound_space, load_existing, make_pruner, make_sampler
+    from tuner.study.storage import make_storage
+
     storage = make_storage(url, create=False)
     _, cfg = load_existing(storage, url, name)  # the config is parsed once, here
     if cfg.model.trust_remote_code and not trust_remote_code:
@@ -248,13 +257,16 @@ def run_worker(url: str | None, name: str, *, device: str | None = None, threads
     offset = os.getpid() if seed_offset is None else seed_offset
     study = optuna.load_study(study_name=name, storage=storage,
                               sampler=make_sampler(cfg, seed=cfg.seed + offset), pruner=make_pruner(cfg))
+    checkpoint()
     ensure_baseline(study, cfg, editor, facts)
+    checkpoint()
     objective = Objective(cfg, editor, facts, space, fingerprint=loaded.fingerprint, device=loaded.device)
     log.info("worker %d on %s joined study %r (%d facts per trial)", os.getpid(), loaded.device, name, len(facts))
     lock = BudgetLock(storage, url, name)
     budget = budget_of(study)
     ran, failures = 0, 0
     while True:
+        checkpoint()
         reserved = reserve(study, storage, lock, budget)
         if reserved is None:
             break
