@@ -58,15 +58,16 @@ _deferring = [0]  # nesting depth of deferred_signals blocks
 
 
 def on_signal(signum: int, _frame: object = None) -> None:
-    """The SIGINT/SIGTERM handler the CLI installs."""
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    if _deferring[0]:
-        _pending.append(signum)
+    """The SIGINT/SIGTERM handler the CLI installs. Only the first signal counts: a second one
+    (Ctrl-C pressed twice, the launcher's SIGTERM right after the terminal's SIGINT) must not cut
+    the clean-up short. The handler stays installed rather than switching to SIG_IGN: a signal
+    already delivered but not yet handled would then be reported by Python as "ignored due to
+    race condition", with a traceback."""
+    if _pending:
         return
-    raise Interrupted(signum)
+    _pending.append(signum)
+    if not _deferring[0]:
+        raise Interrupted(signum)
 
 
 def checkpoint() -> None:
