@@ -191,3 +191,23 @@ def test_remote_code_needs_the_workers_consent(tmp_path, env):
     refused = run_cli("worker", "--study", "remote", "--storage", url, env=env)
     assert refused.returncode == 2 and "--trust-remote-code" in refused.stderr and "Traceback" not in refused.stderr
     assert _counts(url, "remote") == {"WAITING": _counts(url, "remote").get("WAITING", 0)}  # nothing ran
+
+
+def test_a_trial_without_heartbeat_does_not_block_the_budget(tmp_path, small_study, env):
+    """A worker that died between creating its trial and its first heartbeat (simulated: a
+    trial asked for by hand, never told) leaves a RUNNING trial Optuna never judges stale; the
+    study still lands on exactly its budget with nothing RUNNING, and the orphan is failed."""
+    url = f"sqlite:///{tmp_path / 'tuner.db'}"
+    created = run_cli("launch", "--config", str(small_study), "--trials", "3", "--storage", url, "--create-only",
+                      env=env)
+    assert created.returncode == 0, created.stderr
+    study = optuna.load_study(study_name="small", storage=_storage(url))
+    orphan = study.ask()  # RUNNING, no heartbeat, nobody will ever finish it
+    proc = _launch(small_study, url, 3, 2, env)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    counts = _counts(url, "small")
+    assert counts.get("COMPLETE", 0) + counts.get("PRUNED", 0) == 3 and counts.get("RUNNING", 0) == 0, counts
+    frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == orphan.number)
+    assert frozen.state == States.FAIL
+    assert "never sent a heartbeat" in err and "Traceback" not in err

@@ -128,10 +128,12 @@ def reserve(study: Any, storage: Any, lock: Any, budget: int) -> Any:
 
     deadline = None
     while True:
+        reserved = None
         try:
             interval, grace = heartbeat_settings()
             if not storage.in_outage_or_recovering(grace + 2 * interval):
                 optuna.storages.fail_stale_trials(study)  # a dead worker's trial → FAIL + a WAITING retry
+                fail_silent_trials(study, storage, grace + 2 * interval)
             with lock.held():
                 counts = count_trials(study)
                 if counts.finished >= budget:
@@ -141,20 +143,53 @@ def reserve(study: Any, storage: Any, lock: Any, budget: int) -> Any:
                 trial = None
                 try:
                     trial = study.ask()
-                    heartbeat = Heartbeat(storage, trial._trial_id, storage.get_heartbeat_interval() or 10)
+                    reserved = trial, Heartbeat(storage, trial._trial_id, storage.get_heartbeat_interval() or 10)
                 except Interrupted:  # signalled between creating the trial and running it
                     if trial is not None:
                         study.tell(trial, state=optuna.trial.TrialState.FAIL)
                         study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number})
                     raise
-                return trial, heartbeat
+            return reserved
         except Exception as exc:
+            if reserved is not None:  # the trial is ours and beating; only releasing the lock failed
+                return reserved
             if not is_transient(exc):
                 raise
             deadline = deadline or time.monotonic() + outage_window()
             if time.monotonic() >= deadline:
                 raise
             time.sleep(2.0)
+
+
+def fail_silent_trials(study: Any, storage: Any, older_than: float) -> None:
+    """A RUNNING trial that never recorded a heartbeat (its worker died, or lost the database,
+    between creating it and the first heartbeat) is never judged stale by Optuna: fail it once
+    it is ``older_than`` seconds old and queue its fixed parameters again, so the study cannot
+    wait on it for ever."""
+    import datetime
+
+    import optuna
+    from optuna.exceptions import UpdateFinishedTrialError
+    from sqlalchemy import text
+
+    cutoff = datetime.datetime.now() - datetime.timedelta(seconds=older_than)
+    with storage.engine.connect() as conn:
+        rows = conn.execute(text(
+            "SELECT t.trial_id FROM trials t JOIN studies s ON s.study_id = t.study_id "
+            "LEFT JOIN trial_heartbeats h ON h.trial_id = t.trial_id "
+            "WHERE s.study_name = :name AND t.state = 'RUNNING' AND h.trial_id IS NULL AND t.datetime_start < :cutoff"
+        ), {"name": study.study_name, "cutoff": cutoff}).fetchall()
+    for (trial_id,) in rows:
+        frozen = storage.get_trial(trial_id)
+        try:
+            failed = storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
+        except UpdateFinishedTrialError:  # another worker got there first
+            continue
+        if failed:
+            log.warning("trial %d never sent a heartbeat; failed and queued again", frozen.number)
+            params = frozen.system_attrs.get("fixed_params") or dict(frozen.params)
+            if params:
+                study.enqueue_trial(params, user_attrs={"retry_of": frozen.number})
 
 
 def run_trial(study: Any, objective: Any, trial: Any, heartbeat: Heartbeat) -> Any:
