@@ -50,9 +50,11 @@ class Interrupted(BaseException):
 
 
 # -- signals ---------------------------------------------------------------------------------
-# While a worker runs a trial, a signal is only recorded and acted on at the next safe point
-# (between facts): raising inside library code (a context manager's __exit__) prints stray
-# tracebacks and can leave state half-written.
+# In a worker, and in the launcher while its workers run, a signal is only recorded and acted on
+# at the next safe point (between optimisation steps, between polls): raised from the handler it
+# can land inside library code — a context manager's __exit__ (stray tracebacks, half-written
+# state) or a finaliser, where Python prints it as "Exception ignored" and drops it. A signal
+# raised and dropped that way is still recorded, so the next checkpoint() acts on it.
 _pending: list[int] = []
 _deferring = [0]  # nesting depth of deferred_signals blocks
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from tuner.errors import ConfigError, Interrupted, TunerError
+from tuner.errors import ConfigError, Interrupted, TunerError, checkpoint, deferred_signals
 from tuner.study.config import StudyConfig
 from tuner.study.storage import ENV, make_storage, redact, resolve_url
 
@@ -135,15 +135,21 @@ def launch(config: str, *, trials: int | None, study_name: str | None, url: str 
     bar = tqdm(total=budget, initial=min(counts.finished, budget), desc=f"study {name}", unit="trial",
                disable=not progress, dynamic_ncols=True)
     try:
-        if counts.waiting or counts.finished + counts.running < budget:
-            procs = [_spawn(name, url, p, i, trust_remote_code=cfg.model.trust_remote_code)
-                     for i, p in enumerate(plans)]
-        while any(p.poll() is None for p in procs):
-            time.sleep(1.0)
-            counts = count_trials(study)
-            bar.n = min(counts.finished, budget)
-            bar.set_postfix_str(_postfix(counts), refresh=False)
-            bar.refresh()
+        # While workers run, a signal is acted on here, between polls: raised from the handler it
+        # could land in a library's finaliser, where Python prints and drops it.
+        with deferred_signals():
+            checkpoint()
+            if counts.waiting or counts.finished + counts.running < budget:
+                procs = [_spawn(name, url, p, i, trust_remote_code=cfg.model.trust_remote_code)
+                         for i, p in enumerate(plans)]
+            while any(p.poll() is None for p in procs):
+                time.sleep(1.0)
+                checkpoint()
+                counts = count_trials(study)
+                bar.n = min(counts.finished, budget)
+                bar.set_postfix_str(_postfix(counts), refresh=False)
+                bar.refresh()
+            checkpoint()
     except (Interrupted, KeyboardInterrupt) as exc:
         bar.close()
         _stop(procs)
