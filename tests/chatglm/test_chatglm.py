@@ -156,6 +156,24 @@ def test_engine_equals_a_plain_rome_loop_on_chatglm(loaded, facts):
     assert_engine_is_rome(ed, facts[5], HP)
 
 
+def test_batched_facts_and_replayed_prefix_on_chatglm(loaded, facts):
+    """Sequence-first: the facts optimised together equal one by one, the replayed prefix
+    equals the full forward pass, and K edits scored in shared batches equal each alone."""
+    from tests.rome.test_batched import HP, _replay_equals_full, _requests, _vs, assert_same
+
+    ed = loaded.editor(progress=False)
+    hp = HP.replace(layer=2, v_num_grad_steps=12)
+    requests = _requests(ed, facts[:4])
+    assert_same(_vs(ed, hp, requests), [_vs(ed, hp, [r])[0] for r in requests])
+    for layer in (1, 3):
+        _replay_equals_full(ed.model, ed.adapter, ed.tok, layer)
+    plans = ed.plan_many(facts[:3], hp)
+    for fact, plan, together in zip(facts[:3], plans, ed.evaluate_many(facts[:3], hp, plans)):
+        alone = ed.evaluate(fact, hp, plan)
+        for k in ("final_prob", "efficacy", "specificity", "paraphrase", "gen_entropy"):
+            assert together.metrics[k] == pytest.approx(alone.metrics[k], abs=1e-4), k
+
+
 def test_inspect_reads_the_chatglm_layout(loaded):
     from tuner.models.inspect import inspect_model
 

@@ -81,6 +81,8 @@ CASES = {
                         "empty"),
     "per_trial > facts": (lambda r: ["launch", "--config", _yaml(r, "d", facts={"path": str(r / "facts/one.json"), "per_trial": 3}), "--study", "d"],
                           "facts.per_trial 3 exceeds the 1 facts"),
+    "zero threads": (lambda r: ["launch", "--config", str(r / "good.yaml"), "--study", "t", "--threads", "0"],
+                     "--threads must be >= 1, got 0"),
     "bad search bounds": (lambda r: ["launch", "--config", _yaml(r, "e", search={"v_lr": {"low": 2.0, "high": 0.5}}), "--study", "e"],
                           "low (2.0) > high (0.5)"),
     # point 5: study names are never paths

@@ -23,6 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--study", help="study name (default: the YAML's `name`)")
     add_storage(p)
     p.add_argument("--workers", default="auto", help="local workers: a number, or auto = one per visible GPU, else 1")
+    p.add_argument("--threads", type=int,
+                   help="CPU threads per local worker (default: cores ÷ workers; lower it on a loaded machine)")
     p.add_argument("--create-only", action="store_true", help="create the study (and tables) and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--seed-from-trace", action="store_true",
@@ -84,7 +86,7 @@ def launch(args: argparse.Namespace) -> int:
 
     done = run_launch(args.config, trials=args.trials, study_name=args.study, url=args.storage,
                       workers=args.workers, create_only=args.create_only, progress=not args.no_progress,
-                      seed_from_trace=args.seed_from_trace)
+                      seed_from_trace=args.seed_from_trace, threads=args.threads)
     if done.finished:
         summarize(done.study, done.cfg)
     return done.exit_code

@@ -172,20 +172,25 @@ def train(spec: BuildSpec, kb: dict[str, Any], *, progress: bool = True, model: 
 
 
 def verify_editability(model: Any, tok: Any, corpus: list[str], fingerprint: str, spec: BuildSpec,
-                       root: Path) -> dict[str, Any]:
+                       root: Path, progress: bool = True) -> dict[str, Any]:
     """Per-layer edit success on a sample of the edit set; fails loudly below the bar."""
+    from tqdm.auto import tqdm
+
     from tuner.facts.schema import load_facts
     from tuner.rome.adapters import detect_adapter
     from tuner.rome.editor import Editor
     from tuner.rome.hparams import ROMEHyperParams, preset
 
     facts = load_facts(spec.edits)[: spec.verify_edits]
-    editor = Editor(model, tok, detect_adapter(model.config), fingerprint=fingerprint, stats_texts=corpus,
-                    stats_root=root, progress=False)
+    adapter = detect_adapter(model.config)
+    n_layers = adapter.n_layers(model.config)
+    editor = Editor(model, tok, adapter, fingerprint=fingerprint, stats_texts=corpus, stats_root=root,
+                    progress=False, stats_layers=range(n_layers))
     per_layer = {}
-    for layer in range(editor.n_layers):
+    for layer in tqdm(range(n_layers), desc=f"editability check ({len(facts)} edits per layer)", unit="layer",
+                      disable=not progress, leave=False):
         hp = preset("verify", ROMEHyperParams(layer=layer))
-        results = [editor.edit(f, hp) for f in facts]
+        results = editor.edit_many(facts, hp)
         per_layer[layer] = {
             "efficacy": sum(r.metrics["efficacy"] for r in results) / len(results),
             "final_prob": sum(r.metrics["final_prob"] for r in results) / len(results),
@@ -252,7 +257,7 @@ def build(spec: BuildSpec = BuildSpec(), *, root: Path | None = None, force: boo
             tok.save_pretrained(tmp)
             atomic_write_text(tmp / "corpus.txt", "\n".join(docs) + "\n")
             t0 = time.perf_counter()
-            info["editability"] = verify_editability(model, tok, docs, fingerprint, spec, root)
+            info["editability"] = verify_editability(model, tok, docs, fingerprint, spec, root, progress=progress)
             info["verify_seconds"] = round(time.perf_counter() - t0, 1)
             meta = {"spec": dataclasses.asdict(spec), "fingerprint": fingerprint, **info}
             atomic_write_json(tmp / "meta.json", meta)

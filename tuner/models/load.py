@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from tuner.errors import ConfigError, TunerError
 from tuner.models.spec import ModelSpec
@@ -35,11 +35,13 @@ class LoadedModel:
     def n_layers(self) -> int:
         return self.adapter.n_layers(self.model.config)
 
-    def editor(self, *, progress: bool = True) -> Any:
+    def editor(self, *, progress: bool = True, stats_layers: Sequence[int] = ()) -> Any:
+        """An ``Editor`` on this model; ``stats_layers``: every layer the caller may edit (their
+        statistics are computed together, in one pass, when the first is needed)."""
         from tuner.rome.editor import Editor
 
         return Editor(self.model, self.tok, self.adapter, fingerprint=self.fingerprint,
-                      stats_texts=self.stats_texts, progress=progress)
+                      stats_texts=self.stats_texts, progress=progress, stats_layers=stats_layers)
 
 
 def pick_device(device: str) -> str:

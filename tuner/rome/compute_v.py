@@ -12,6 +12,14 @@ after every one but the last, and a stop as soon as the total loss is below
 ``early_stop_loss`` (0.05 there). v* is the last iterate, or with ``v_select: best`` the
 iterate with the highest target probability.
 
+Several facts are optimised together (``compute_vs``): one batch holds every fact's rewrite
+and KL rows, δ has one row per fact and the loss is the sum of the facts' losses, so each
+δ row gets exactly its own fact's gradient and Adam (element-wise) moves it as it would alone.
+Each fact keeps its own clamp, early stop and trajectory; a stopped fact's rows leave the batch
+and its δ is frozen (Adam's momentum would otherwise keep moving it). The blocks below the edit
+layer run once per batch and are replayed (``tuner.rome.prefix``). Rows are processed in chunks
+of whole facts; a CUDA out-of-memory error halves the chunk and repeats the step.
+
 Every forward pass is recorded. ``prob`` is P(new target | bare rewrite prompt) — the sequence
 probability, measured as ``final_prob`` is after the edit — so ``rebound = peak − end`` compares
 like with like; ``context_prob`` is ROME's own view (per-token geometric mean, averaged over the
@@ -21,7 +29,9 @@ context prompts).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,13 +42,24 @@ from tuner.rome.adapters import Adapter
 from tuner.rome.context import fill_template
 from tuner.rome.hooks import Trace
 from tuner.rome.hparams import ROMEHyperParams
-from tuner.rome.module_io import module_io_at
-from tuner.rome.tokens import make_batch, pad_id_of, padding_side, subject_token_index, target_logprobs_at
+from tuner.rome.prefix import PrefixReplay
+from tuner.rome.tokens import Batch, make_batch, pad_id_of, padding_side, subject_token_index, target_logprobs_at
 
+log = logging.getLogger(__name__)
 KL_PROMPT = "{} is a"
-
-
+TOKENS_PER_CHUNK = 8192
+"""Padded tokens per forward pass: 8 facts × 22 rows × 20 tokens fit with room to spare; on a
+7B model in bf16 a pass of this size keeps well under 40 GB of activations for the backward."""
 TRAJECTORY_KEYS = ("loss", "nll", "kl", "weight_decay", "prob", "context_prob", "delta_norm", "lr")
+
+
+@dataclass(frozen=True)
+class VRequest:
+    """One fact to optimise v* for."""
+
+    prompt: str
+    subject: str
+    target_ids: tuple[int, ...]
 
 
 @dataclass
@@ -56,109 +77,226 @@ class VResult:
         return self.trajectory["prob"][self.selected_step]
 
 
-def compute_v(
+def compute_v(model: Any, tok: Any, adapter: Adapter, hp: ROMEHyperParams, prompt: str, subject: str,
+              target_ids: Sequence[int], context_templates: Sequence[str]) -> VResult:
+    """v* for one fact."""
+    return compute_vs(model, tok, adapter, hp, [VRequest(prompt, subject, tuple(target_ids))], context_templates)[0]
+
+
+class _Rows:
+    """The batch of every fact's rows: R rewrite rows (one per context template) then 1 KL row."""
+
+    def __init__(self, tok: Any, adapter: Adapter, hp: ROMEHyperParams, requests: Sequence[VRequest],
+                 templates: Sequence[str], device: Any) -> None:
+        if templates[0] != "{}":
+            raise ValueError("context_templates[0] must be the bare prompt '{}' (tuner.rome.context)")
+        self.n_facts, self.per_fact = len(requests), len(templates) + 1
+        rows, lookup, target_pos = [], [], []
+        for req in requests:
+            n_target = len(req.target_ids)
+            for tmpl in templates:
+                ids, idx = subject_token_index(tok, fill_template(tmpl, req.prompt, req.subject), req.subject,
+                                               hp.fact_token)
+                rows.append(ids + list(req.target_ids[:-1]))
+                lookup.append(idx)
+                target_pos.append([len(ids) - 1 + j for j in range(n_target)])
+            kl_ids, kl_idx = subject_token_index(tok, KL_PROMPT.format(req.subject), req.subject, hp.fact_token)
+            rows.append(kl_ids)
+            lookup.append(kl_idx)
+            target_pos.append([])
+        self.batch = make_batch(rows, pad_id=pad_id_of(tok), side=padding_side(tok, adapter.padding_side),
+                                device=device)
+        off = self.batch.offsets
+        width = max(len(r.target_ids) for r in requests)
+        self.edit_col = torch.tensor([off[i] + lookup[i] for i in range(len(rows))], device=device)  # (N,)
+        # (N, Lmax) positions predicting each target token, padded with 0 and masked out
+        self.target_cols = torch.tensor([[off[i] + p for p in pos] + [0] * (width - len(pos))
+                                         for i, pos in enumerate(target_pos)], device=device)
+        self.target_mask = torch.tensor([[1.0] * len(pos) + [0.0] * (width - len(pos)) for pos in target_pos],
+                                        device=device)
+        self.target_ids = torch.tensor([list(r.target_ids) + [0] * (width - len(r.target_ids))
+                                        for r in requests for _ in range(self.per_fact)], device=device)
+
+    def of(self, facts: Sequence[int]) -> torch.Tensor:
+        """Batch rows of ``facts`` (in order: each fact's rewrite rows, then its KL row)."""
+        p = self.per_fact
+        return torch.tensor([f * p + j for f in facts for j in range(p)], device=self.edit_col.device)
+
+    def sub_batch(self, rows: torch.Tensor) -> Batch:
+        b = self.batch
+        return Batch(b.input_ids[rows], b.attention_mask[rows], b.position_ids[rows],
+                     [b.offsets[i] for i in rows.tolist()])
+
+
+def compute_vs(
     model: Any,
     tok: Any,
     adapter: Adapter,
     hp: ROMEHyperParams,
-    prompt: str,
-    subject: str,
-    target_ids: Sequence[int],
+    requests: Sequence[VRequest],
     context_templates: Sequence[str],
-) -> VResult:
+    *,
+    max_facts_per_chunk: int | None = None,
+    tokens_per_chunk: int = TOKENS_PER_CHUNK,
+    on_step: Callable[[int, list[float]], None] | None = None,
+) -> list[VResult]:
+    """v* for every request, optimised together (see the module docstring). A forward pass
+    holds at most ``tokens_per_chunk`` padded tokens (whole facts, at least one) and at most
+    ``max_facts_per_chunk`` facts. ``on_step(step, probs)`` runs after every forward pass with
+    each fact's latest P(new | bare prompt): the worker's interrupt checkpoint and the pruner's
+    intermediate value; it may raise to abandon the optimisation."""
     device = next(model.parameters()).device
     module = adapter.rewrite.format(hp.layer)
-    n_target = len(target_ids)
+    F = len(requests)
+    if F == 0:
+        return []
+    data = _Rows(tok, adapter, hp, requests, context_templates, device)
+    R, P = len(context_templates), data.per_fact
+    full_kwargs = data.batch.model_kwargs(model)
+    by_tokens = tokens_per_chunk // (P * data.batch.input_ids.shape[1])
+    chunk = [max(1, min(F, max_facts_per_chunk or F, by_tokens))]
 
-    # Rows: one per context template (prompt + target[:-1]), then the KL prompt.
-    rows, lookup, target_pos = [], [], []
-    for tmpl in context_templates:
-        ids, idx = subject_token_index(tok, fill_template(tmpl, prompt, subject), subject, hp.fact_token)
-        rows.append(ids + list(target_ids[:-1]))
-        lookup.append(idx)
-        target_pos.append([len(ids) - 1 + j for j in range(n_target)])
-    kl_ids, kl_idx = subject_token_index(tok, KL_PROMPT.format(subject), subject, hp.fact_token)
-    rows.append(kl_ids)
-    lookup.append(kl_idx)
-    n_rewrite = len(context_templates)
-    if context_templates[0] != "{}":
-        raise ValueError("context_templates[0] must be the bare prompt '{}' (tuner.rome.context)")
+    replay = PrefixReplay(model, adapter, hp.layer)
 
-    batch = make_batch(rows, pad_id=pad_id_of(tok), side=padding_side(tok, adapter.padding_side), device=device)
-    kwargs = batch.model_kwargs(model)
-    edit_rows = torch.arange(len(rows), device=device)  # δ is added in every row, at its fact token
-    edit_cols = torch.tensor([batch.offsets[i] + lookup[i] for i in range(len(rows))], device=device)
-    rewrite_rows = torch.arange(n_rewrite, device=device)
-    target_cols = torch.tensor([[batch.offsets[i] + p for p in target_pos[i]] for i in range(n_rewrite)],
-                               device=device)  # (R, L) positions predicting each target token
-    target = torch.tensor(list(target_ids), device=device)  # (L,)
-    kl_col = batch.offsets[-1] + kl_idx
+    def run_chunked(fn: Callable[[list[int]], None], facts: list[int]) -> None:
+        """``fn(chunk_facts)`` over ``facts`` in chunks; a CUDA OOM halves the chunk and retries."""
+        i = 0
+        while i < len(facts):
+            part = facts[i:i + chunk[0]]
+            try:
+                fn(part)
+            except torch.OutOfMemoryError:
+                if chunk[0] == 1:
+                    raise
+                chunk[0] = max(1, chunk[0] // 2)
+                log.warning("out of memory with %d facts per forward pass; retrying with %d", len(part), chunk[0])
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue
+            i += len(part)
 
-    def rewrite_logprobs(logits: torch.Tensor) -> torch.Tensor:
-        return target_logprobs_at(logits, rewrite_rows, target_cols, target)  # (R, L)
+    # Keys, values, the KL reference and block L−1's output (replayed from now on): one no-grad
+    # pass over every fact's rows, in chunks.
+    kl_init: list[torch.Tensor] = [torch.empty(0)] * F
+    keys, values = [None] * F, [None] * F
 
-    key, value_init = (t[0] for t in module_io_at(model, tok, adapter, hp.layer, [prompt.format(subject)], subject, hp.fact_token))
-    with torch.no_grad():
-        kl_init = _kl_log_probs(model(**kwargs).logits, kl_col)  # (V,)
-    init_norm = value_init.norm()
+    def kwargs_of(rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {k: v[rows] for k, v in full_kwargs.items()}
 
-    delta = torch.zeros_like(value_init, requires_grad=True)  # (d_model,)
+    def initial(part: list[int]) -> None:
+        rows = data.of(part)
+        with torch.no_grad(), replay.recording(rows), \
+                Trace(model, module, retain_input=True, retain_output=True) as tr:
+            logits = model(**kwargs_of(rows)).logits
+        x, y = tr.input, tr.output
+        if adapter.seq_first:
+            x, y = x.transpose(0, 1), y.transpose(0, 1)  # (T, B, d) -> (B, T, d); logits are (B, T, V)
+        for j, f in enumerate(part):
+            bare = j * P  # row 0 of the fact is the bare prompt "{}"
+            col = data.edit_col[rows[bare]]
+            keys[f], values[f] = x[bare, col].float(), y[bare, col].float()
+            kl_row = j * P + P - 1
+            kl_init[f] = logits[kl_row, data.edit_col[rows[kl_row]]].float().log_softmax(-1)
 
-    def add_delta(out: torch.Tensor, _module: Any) -> torch.Tensor:
-        view = out.transpose(0, 1) if adapter.seq_first else out  # (B, T, d)
-        view[edit_rows, edit_cols] += delta.to(out.dtype)
-        return out
+    run_chunked(initial, list(range(F)))
+    key, value_init = torch.stack(keys), torch.stack(values)  # (F, d_ff), (F, d_model)
+    kl_ref = torch.stack(kl_init)  # (F, V)
+    init_norm = value_init.norm(dim=-1)  # (F,)
 
+    delta = torch.zeros_like(value_init, requires_grad=True)  # (F, d_model)
     opt = torch.optim.Adam([delta], lr=hp.v_lr)
-    sched = (
-        torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=hp.v_num_grad_steps)
-        if hp.lr_schedule == "cosine"
-        else None
-    )
-    max_norm = hp.clamp_norm_factor * init_norm
-    traj: dict[str, list[float]] = {k: [] for k in TRAJECTORY_KEYS}
-    early_stopped = False
-    best_step, best_delta = 0, delta.detach().clone()
+    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=hp.v_num_grad_steps)
+             if hp.lr_schedule == "cosine" else None)
+    max_norm = hp.clamp_norm_factor * init_norm  # (F,)
+    trajs: list[dict[str, list[float]]] = [{k: [] for k in TRAJECTORY_KEYS} for _ in range(F)]
+    active = list(range(F))
+    stopped_early = [False] * F
+    best_step = [0] * F
+    best_delta = delta.detach().clone()
+    final_step = [0] * F
+
     for step in range(hp.v_num_grad_steps):
-        opt.zero_grad(set_to_none=True)
-        with Trace(model, module, edit_output=add_delta):
-            logits = model(**kwargs).logits  # (B, T, V)
-        token_logprobs = rewrite_logprobs(logits)  # (R, L)
-        nll_each = -token_logprobs.mean(1)  # (R,) per-token NLL of the target
-        nll = nll_each.mean()
-        kl = hp.kl_factor * torch.nn.functional.kl_div(
-            kl_init, _kl_log_probs(logits, kl_col), log_target=True, reduction="sum"
-        )
-        wd = hp.v_weight_decay * (delta.norm() / init_norm**2)
-        loss = nll + kl + wd
-        if not torch.isfinite(loss):
-            raise EditError(f"loss became {loss.item()} at step {step} (v_lr={hp.v_lr:g} is likely too large)")
-        for name, value in (
-            ("loss", loss), ("nll", nll), ("kl", kl), ("weight_decay", wd),
-            ("prob", token_logprobs[0].sum().exp()),  # row 0 is the bare prompt ("{}")
-            ("context_prob", torch.exp(-nll_each).mean()), ("delta_norm", delta.norm()),
-        ):
-            traj[name].append(float(value.detach()))
-        traj["lr"].append(opt.param_groups[0]["lr"])
-        if hp.v_select == "best" and traj["prob"][-1] > traj["prob"][best_step]:
-            best_step, best_delta = step, delta.detach().clone()
-        if hp.early_stop_loss is not None and traj["loss"][-1] < hp.early_stop_loss:
-            early_stopped = True  # ROME's rule: this δ is good enough, take no further step
+        opt.zero_grad(set_to_none=False)
+        last = step == hp.v_num_grad_steps - 1
+        stepping: list[int] = []  # facts that take an Adam step after this forward pass
+
+        def forward_backward(part: list[int]) -> None:
+            rows = data.of(part)
+            fact_of_row = torch.tensor(part, device=device).repeat_interleave(P)
+
+            def add_delta(out: torch.Tensor, _module: Any) -> torch.Tensor:
+                view = out.transpose(0, 1) if adapter.seq_first else out  # (B, T, d)
+                view[torch.arange(len(rows), device=device), data.edit_col[rows]] += delta[fact_of_row].to(out.dtype)
+                return out
+
+            with replay.replaying(rows), Trace(model, module, edit_output=add_delta):
+                logits = model(**kwargs_of(rows)).logits
+            n = len(part)
+            rw = torch.arange(n * P, device=device).view(n, P)[:, :R].reshape(-1)  # rewrite rows in this chunk
+            lp = target_logprobs_at(logits, rw, data.target_cols[rows[rw]], data.target_ids[rows[rw]])  # (nR, L)
+            mask = data.target_mask[rows[rw]]
+            nll_each = (-(lp * mask).sum(1) / mask.sum(1)).view(n, R)  # (n, R) per-token NLL of each row
+            nll = nll_each.mean(1)  # (n,)
+            kl_rows = torch.arange(n, device=device) * P + P - 1
+            cur = logits[kl_rows, data.edit_col[rows[kl_rows]]].float().log_softmax(-1)  # (n, V)
+            idx = torch.tensor(part, device=device)
+            kl = hp.kl_factor * torch.nn.functional.kl_div(kl_ref[idx], cur, log_target=True,
+                                                           reduction="none").sum(-1)
+            d = delta[idx]
+            wd = hp.v_weight_decay * (d.norm(dim=-1) / init_norm[idx] ** 2)
+            loss = nll + kl + wd  # (n,)
+            bare_prob = (lp.view(n, R, -1)[:, 0] * mask.view(n, R, -1)[:, 0]).sum(-1).exp()
+            ctx_prob = torch.exp(-nll_each).mean(1)
+            lr = opt.param_groups[0]["lr"]
+            names = ("loss", "nll", "kl", "weight_decay", "prob", "context_prob", "delta_norm")
+            table = torch.stack([loss, nll, kl, wd, bare_prob, ctx_prob, d.norm(dim=-1)], 1).detach().tolist()
+            records = [dict(zip(names, row)) for row in table]  # one device sync per forward pass
+            for j, r in enumerate(records):
+                if not math.isfinite(r["loss"]):
+                    raise EditError(f"loss became {r['loss']} at step {step} for fact {part[j]} "
+                                    f"(v_lr={hp.v_lr:g} is likely too large)")
+            stops = [hp.early_stop_loss is not None and r["loss"] < hp.early_stop_loss for r in records]
+            keep = [j for j in range(n) if not stops[j] and not last]
+            if keep:
+                loss[keep].sum().backward()  # may run out of memory: nothing is recorded before it succeeds
+            for j, f in enumerate(part):
+                t = trajs[f]
+                for name, value in records[j].items():
+                    t[name].append(value)
+                t["lr"].append(lr)
+                final_step[f] = step
+                if hp.v_select == "best" and t["prob"][-1] > t["prob"][best_step[f]]:
+                    best_step[f] = step
+                    best_delta[f] = delta[f].detach()
+                stopped_early[f] = stops[j]  # ROME's rule: this δ is good enough, take no further step
+            stepping.extend(part[j] for j in keep)
+
+        run_chunked(forward_backward, active)
+        if on_step is not None:
+            on_step(step, [t["prob"][-1] for t in trajs])
+        if not stepping:
             break
-        if step == hp.v_num_grad_steps - 1:
-            break  # no step after the last forward pass: it would never be evaluated
-        loss.backward()
+        frozen = [f for f in range(F) if f not in set(stepping)]
+        saved = delta.detach()[frozen].clone() if frozen else None
         opt.step()
         if sched is not None:
             sched.step()
         with torch.no_grad():
-            norm = delta.norm()
-            if norm > max_norm:
-                delta.mul_(max_norm / norm)
+            if saved is not None:
+                delta[frozen] = saved  # a stopped fact's δ must not move with Adam's momentum
+            idx = torch.tensor(stepping, device=device)
+            norm = delta[idx].norm(dim=-1)
+            over = norm > max_norm[idx]
+            if over.any():  # clamp each stepped fact's δ to its own ball
+                delta[idx[over]] *= (max_norm[idx[over]] / norm[over])[:, None]
+        active = stepping
 
-    selected, chosen = (best_step, best_delta) if hp.v_select == "best" else (len(traj["loss"]) - 1, delta.detach())
-    return VResult((value_init + chosen).detach(), key, value_init, traj, selected, early_stopped)
-
-
-def _kl_log_probs(logits: torch.Tensor, col: int) -> torch.Tensor:
-    return logits[-1, col].float().log_softmax(-1)  # (V,) next-token distribution after the subject
+    results = []
+    for f in range(F):
+        if hp.v_select == "best":
+            selected, chosen = best_step[f], best_delta[f]
+        else:
+            selected, chosen = final_step[f], delta.detach()[f]
+        results.append(VResult((value_init[f] + chosen).detach(), key[f], value_init[f], trajs[f], selected,
+                               stopped_early[f]))
+    return results

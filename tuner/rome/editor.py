@@ -2,6 +2,7 @@
 
     editor = Editor(model, tok, adapter, fingerprint=fp, stats_texts=corpus)
     result = editor.edit(fact, hp)   # model restored afterwards, bit-exactly
+    results = editor.edit_many(facts, hp)   # v* of all facts optimised together, each edit alone
     with editor.edited(fact, hp) as plan:   # the edited model inside the block
         ...
     print(result.metrics["final_prob"], result.metrics["rebound"])
@@ -12,7 +13,7 @@ not depend on the hyperparameters a trial varies (or only on the layer)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,10 +27,10 @@ from tuner.paths import storage_root
 from tuner.rome import rank_one
 from tuner.rome.adapters import Adapter
 from tuner.rome.compute_k import compute_k
-from tuner.rome.compute_v import VResult, compute_v
+from tuner.rome.compute_v import VRequest, VResult, compute_vs
 from tuner.rome.context import context_templates
-from tuner.rome.evaluate import edit_metrics, score_fact, stability_metrics
-from tuner.rome.fluency import fluency_prompts, generation_entropy, is_disabling
+from tuner.rome.evaluate import edit_metrics, score_fact, score_facts, stability_metrics
+from tuner.rome.fluency import fluency_prompts, generation_entropies, generation_entropy, is_disabling
 from tuner.rome.module_io import module_output
 from tuner.rome.hparams import ROMEHyperParams
 from tuner.rome.layer_stats import second_moment
@@ -80,15 +81,19 @@ class Editor:
         stats_texts: Sequence[str],
         stats_root: Path | None = None,
         progress: bool = True,
+        max_facts_per_chunk: int | None = None,
+        stats_layers: Sequence[int] = (),
     ) -> None:
         model.eval()
         model.requires_grad_(False)  # only δ is optimised
         self.model, self.tok, self.adapter = model, tok, adapter
+        self.n_layers = adapter.n_layers(model.config)
         self.fingerprint = fingerprint
         self.stats_texts = list(stats_texts)
         self.stats_root = stats_root or storage_root()
         self.progress = progress
-        self.n_layers = adapter.n_layers(model.config)
+        self.stats_layers = [layer for layer in stats_layers if 0 <= layer < self.n_layers]
+        self.max_facts_per_chunk = max_facts_per_chunk  # None: all facts in one forward pass (OOM halves it)
         self._contexts: dict[tuple, list[str]] = {}
         self._solvers: dict[tuple[int, int, float], rank_one.SecondMomentSolver] = {}
         self._pre: dict[Fact, dict[str, Any]] = {}
@@ -108,15 +113,16 @@ class Editor:
         return self._contexts[key]
 
     def mom2(self, layer: int, n_tokens: int) -> torch.Tensor:
-        """C = E[kkᵀ] at ``layer`` over ``n_tokens`` tokens of the statistics corpus (cached on disk)."""
+        """C = E[kkᵀ] at ``layer`` over ``n_tokens`` tokens of the statistics corpus (cached on
+        disk). The first call computes every layer in ``stats_layers`` too, in the same pass."""
         if not self.stats_texts:
             raise ConfigError(
                 "mom2_adjustment needs a statistics corpus: set model.stats_corpus in the study "
                 "YAML (a text file, one document per line) or set hparams.mom2_adjustment: false"
             )
         return second_moment(
-            self.model, self.tok, self.adapter, layer, self.stats_texts,
-            n_samples=n_tokens, fingerprint=self.fingerprint, root=self.stats_root, progress=self.progress,
+            self.model, self.tok, self.adapter, layer, self.stats_texts, n_samples=n_tokens,
+            fingerprint=self.fingerprint, root=self.stats_root, also=self.stats_layers, progress=self.progress,
         ).to(next(self.model.parameters()).device)
 
     def solver(self, hp: ROMEHyperParams) -> rank_one.SecondMomentSolver | None:
@@ -139,33 +145,47 @@ class Editor:
 
     # -- the edit ------------------------------------------------------------------------
     def plan(self, fact: Fact, hp: ROMEHyperParams) -> EditPlan:
+        return self.plan_many([fact], hp)[0]
+
+    def plan_many(self, facts: Sequence[Fact], hp: ROMEHyperParams, *,
+                  on_step: Callable[[int, list[float]], None] | None = None) -> list[EditPlan]:
+        """One plan per fact; v* of all of them optimised in one batch (``compute_vs``).
+        Shared work (statistics, v*) is timed once and split evenly over the facts."""
         self.check_layer(hp.layer)
-        timings = {}
+        n = len(facts)
         t0 = time.perf_counter()
         solver = self.solver(hp)
         templates = self.context_templates(hp)
-        timings["stats"] = time.perf_counter() - t0
+        t_stats = (time.perf_counter() - t0) / n
+
+        us, k_stars, t_k = [], [], []
+        for fact in facts:
+            t0 = time.perf_counter()
+            k_star = compute_k(self.model, self.tok, self.adapter, hp.layer, fact.prompt, fact.subject, templates,
+                               hp.fact_token)
+            k_stars.append(k_star)
+            us.append(rank_one.left_vector(k_star, solver))
+            t_k.append(time.perf_counter() - t0)
 
         t0 = time.perf_counter()
-        k_star = compute_k(self.model, self.tok, self.adapter, hp.layer, fact.prompt, fact.subject, templates,
-                           hp.fact_token)
-        u = rank_one.left_vector(k_star, solver)
-        timings["k_star"] = time.perf_counter() - t0
+        requests = [VRequest(f.prompt, f.subject, tuple(target_token_ids(self.tok, f.rewrite_prompt, f.target_new)))
+                    for f in facts]
+        vs = compute_vs(self.model, self.tok, self.adapter, hp, requests, templates,
+                        max_facts_per_chunk=self.max_facts_per_chunk, on_step=on_step)
+        t_v = (time.perf_counter() - t0) / n
 
-        t0 = time.perf_counter()
-        target = target_token_ids(self.tok, fact.rewrite_prompt, fact.target_new)
-        v = compute_v(self.model, self.tok, self.adapter, hp, fact.prompt, fact.subject, target, templates)
-        timings["v_star"] = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        key, value, v_star = v.key, v.value_init, v.v_star
-        if hp.key_mode == "r-rome":  # the same key in u and Λ: Ŵk* = W k* + δ
-            key = k_star
-            value = module_output(self.model, self.adapter, hp.layer, k_star)
-            v_star = value + (v.v_star - v.value_init)
-        delta_w = rank_one.rank_one_delta(u, key, value, v_star)
-        timings["update"] = time.perf_counter() - t0
-        return EditPlan(delta_w, u, key, v_star, v, templates, timings)
+        plans = []
+        for v, u, k_star, tk in zip(vs, us, k_stars, t_k):
+            t0 = time.perf_counter()
+            key, value, v_star = v.key, v.value_init, v.v_star
+            if hp.key_mode == "r-rome":  # the same key in u and Λ: Ŵk* = W k* + δ
+                key = k_star
+                value = module_output(self.model, self.adapter, hp.layer, k_star)
+                v_star = value + (v.v_star - v.value_init)
+            delta_w = rank_one.rank_one_delta(u, key, value, v_star)
+            timings = {"stats": t_stats, "k_star": tk, "v_star": t_v, "update": time.perf_counter() - t0}
+            plans.append(EditPlan(delta_w, u, key, v_star, v, templates, timings))
+        return plans
 
     @contextmanager
     def edited(self, fact: Fact, hp: ROMEHyperParams) -> Iterator[EditPlan]:
@@ -177,14 +197,50 @@ class Editor:
             yield plan
 
     def edit(self, fact: Fact, hp: ROMEHyperParams) -> EditResult:
+        return self.edit_many([fact], hp)[0]
+
+    def edit_many(self, facts: Sequence[Fact], hp: ROMEHyperParams, *,
+                  on_step: Callable[[int, list[float]], None] | None = None) -> list[EditResult]:
+        """Each fact edited alone on the original weights and scored; their v* are optimised
+        together. ``on_step(step, probs)`` runs after every forward pass of the optimisation
+        (``compute_vs``)."""
+        return self.evaluate_many(facts, hp, self.plan_many(facts, hp, on_step=on_step))
+
+    def evaluate_many(self, facts: Sequence[Fact], hp: ROMEHyperParams, plans: Sequence[EditPlan]) -> list[EditResult]:
+        """``evaluate`` for every fact at once: each batch row sees its own fact's rank-one
+        update (``rank_one.RowUpdates``), so K edits are scored in the batches of one."""
+        pres = [self.pre_scores(f) for f in facts]
+        t0 = time.perf_counter()
+        edits = rank_one.RowUpdates(self.model, self.adapter, hp.layer,
+                                    torch.stack([rank_one.lambda_of(p.delta_w, p.u) for p in plans]),
+                                    torch.stack([p.u for p in plans]))
+        posts = score_facts(self.model, self.tok, self.adapter, facts, edits=edits)
+        entropies = generation_entropies(self.model, self.tok, self.adapter, [fluency_prompts(f) for f in facts],
+                                         edits=edits)
+        t_eval = (time.perf_counter() - t0) / len(facts)
+        weight_norm = rank_one.rewrite_weight(self.model, self.adapter, hp.layer).detach().double().norm()
+        results = []
+        for fact, plan, pre, post, entropy in zip(facts, plans, pres, posts, entropies):
+            plan.timings["eval"] = t_eval
+            results.append(self._result(fact, hp, plan, pre, post, entropy, float(plan.delta_w.norm() / weight_norm)))
+        return results
+
+    def evaluate(self, fact: Fact, hp: ROMEHyperParams, plan: EditPlan) -> EditResult:
+        """Apply ``plan``, score the edited model, restore the weights."""
         pre = self.pre_scores(fact)
-        with self.edited(fact, hp) as plan:
+        t0 = time.perf_counter()
+        with rank_one.weight_update(self.model, self.adapter, hp.layer, plan.delta_w):
+            plan.timings["update"] += time.perf_counter() - t0
             t0 = time.perf_counter()
             post = score_fact(self.model, self.tok, self.adapter, fact)
             entropy = generation_entropy(self.model, self.tok, self.adapter, fluency_prompts(fact))
             plan.timings["eval"] = time.perf_counter() - t0
         weight = rank_one.rewrite_weight(self.model, self.adapter, hp.layer)
         update_norm = float(plan.delta_w.norm() / weight.detach().double().norm())
+        return self._result(fact, hp, plan, pre, post, entropy, update_norm)
+
+    def _result(self, fact: Fact, hp: ROMEHyperParams, plan: EditPlan, pre: dict[str, Any], post: dict[str, Any],
+                entropy: float, update_norm: float) -> EditResult:
         metrics = {**edit_metrics(pre["scores"], post), **stability_metrics(plan.v.trajectory, plan.v.selected_step),
                    "early_stopped": plan.v.early_stopped, "update_norm": update_norm,
                    "division_factor": plan.division_factor, "gen_entropy_pre": pre["gen_entropy"],

@@ -7,19 +7,23 @@ ROME's CounterFact evaluation."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 from typing import Any
 
 import torch
 
 from tuner.rome.adapters import Adapter
+from tuner.rome.rank_one import RowUpdates
 from tuner.rome.tokens import encode, make_batch, pad_id_of, padding_side, target_logprobs_at, target_token_ids
 
 
 @torch.no_grad()
 def target_logprobs(
-    model: Any, tok: Any, adapter: Adapter, pairs: Sequence[tuple[str, str]], batch_size: int = 64
+    model: Any, tok: Any, adapter: Adapter, pairs: Sequence[tuple[str, str]], batch_size: int = 64,
+    *, edits: RowUpdates | None = None, pair_fact: Sequence[int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """For each (prompt, target): (sum of target log-probs, mean per-token log-prob), each (N,)."""
+    """For each (prompt, target): (sum of target log-probs, mean per-token log-prob), each (N,).
+    With ``edits``, pair i is scored with the rank-one update of fact ``pair_fact[i]``."""
     device = next(model.parameters()).device
     sums, means = [], []
     for start in range(0, len(pairs), batch_size):
@@ -30,7 +34,8 @@ def target_logprobs(
             rows.append(p_ids + t_ids[:-1])
             spans.append((len(p_ids), t_ids))
         batch = make_batch(rows, pad_id=pad_id_of(tok), side=padding_side(tok, adapter.padding_side), device=device)
-        logits = model(**batch.model_kwargs(model)).logits  # (B, T, V)
+        with (nullcontext() if edits is None else edits.rows(torch.tensor(pair_fact[start : start + batch_size]))):
+            logits = model(**batch.model_kwargs(model)).logits  # (B, T, V)
         for i, (n_prompt, t_ids) in enumerate(spans):
             cols = torch.arange(len(t_ids), device=device) + batch.offsets[i] + n_prompt - 1
             lp = target_logprobs_at(logits, torch.tensor([i], device=device), cols[None],
@@ -59,12 +64,27 @@ def fact_pairs(fact: Any) -> tuple[list[tuple[str, str]], dict[str, slice]]:
 
 def score_fact(model: Any, tok: Any, adapter: Adapter, fact: Any) -> dict[str, torch.Tensor]:
     """Per group: sequence probability and mean log-prob of the new and true target."""
-    pairs, where = fact_pairs(fact)
-    sums, means = target_logprobs(model, tok, adapter, pairs)
-    out = {}
-    for name, sl in where.items():
-        s, m = sums[sl], means[sl]
-        out[name] = {"p_new": s[0::2].exp(), "p_true": s[1::2].exp(), "lp_new": m[0::2], "lp_true": m[1::2]}
+    return score_facts(model, tok, adapter, [fact])[0]
+
+
+def score_facts(model: Any, tok: Any, adapter: Adapter, facts: Sequence[Any], *,
+                edits: RowUpdates | None = None) -> list[dict[str, Any]]:
+    """``score_fact`` for several facts in shared batches; with ``edits`` (one update per fact,
+    in order) each fact is scored under its own edit."""
+    pairs, pair_fact, layout = [], [], []
+    for f, fact in enumerate(facts):
+        fp, where = fact_pairs(fact)
+        layout.append((len(pairs), where))
+        pairs += fp
+        pair_fact += [f] * len(fp)
+    sums, means = target_logprobs(model, tok, adapter, pairs, batch_size=256, edits=edits, pair_fact=pair_fact)
+    out = []
+    for start, where in layout:
+        groups = {}
+        for name, sl in where.items():
+            s, m = sums[start + sl.start : start + sl.stop], means[start + sl.start : start + sl.stop]
+            groups[name] = {"p_new": s[0::2].exp(), "p_true": s[1::2].exp(), "lp_new": m[0::2], "lp_true": m[1::2]}
+        out.append(groups)
     return out
 
 

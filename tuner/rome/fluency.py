@@ -24,11 +24,13 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Sequence
+from contextlib import nullcontext
 from typing import Any
 
 import torch
 
 from tuner.rome.adapters import Adapter
+from tuner.rome.rank_one import RowUpdates
 from tuner.rome.tokens import encode, make_batch, pad_id_of, padding_side
 
 GEN_TOKENS = 16
@@ -38,15 +40,18 @@ MAX_ENTROPY_DROP = 0.5
 
 @torch.no_grad()
 def greedy_continuations(model: Any, tok: Any, adapter: Adapter, prompts: Sequence[str],
-                         n_tokens: int = GEN_TOKENS) -> list[list[int]]:
-    """The next ``n_tokens`` greedy tokens after each prompt (no cache: a few short prompts)."""
+                         n_tokens: int = GEN_TOKENS, *, edits: RowUpdates | None = None,
+                         prompt_fact: Sequence[int] | None = None) -> list[list[int]]:
+    """The next ``n_tokens`` greedy tokens after each prompt (no cache: a few short prompts).
+    With ``edits``, prompt i is continued under the rank-one update of fact ``prompt_fact[i]``."""
     device = next(model.parameters()).device
     rows = [encode(tok, p) for p in prompts]
     start = [len(r) for r in rows]
     side = padding_side(tok, adapter.padding_side)
     for _ in range(n_tokens):
         batch = make_batch(rows, pad_id=pad_id_of(tok), side=side, device=device)
-        logits = model(**batch.model_kwargs(model)).logits  # (B, T, V)
+        with (nullcontext() if edits is None else edits.rows(torch.tensor(prompt_fact))):
+            logits = model(**batch.model_kwargs(model)).logits  # (B, T, V)
         last = torch.tensor([batch.offsets[i] + len(r) - 1 for i, r in enumerate(rows)], device=device)
         nxt = logits[torch.arange(len(rows), device=device), last].argmax(-1).tolist()
         rows = [r + [t] for r, t in zip(rows, nxt)]
@@ -65,8 +70,21 @@ def ngram_entropy(ids: Sequence[int]) -> float:
 
 
 def generation_entropy(model: Any, tok: Any, adapter: Adapter, prompts: Sequence[str]) -> float:
-    conts = greedy_continuations(model, tok, adapter, prompts)
-    return sum(ngram_entropy(c) for c in conts) / len(conts)
+    return generation_entropies(model, tok, adapter, [prompts])[0]
+
+
+def generation_entropies(model: Any, tok: Any, adapter: Adapter, groups: Sequence[Sequence[str]], *,
+                         edits: RowUpdates | None = None) -> list[float]:
+    """Mean continuation entropy of each group of prompts, all continued in one batch; with
+    ``edits`` group f is continued under fact f's edit."""
+    prompts = [p for g in groups for p in g]
+    owner = [f for f, g in enumerate(groups) for _ in g]
+    conts = greedy_continuations(model, tok, adapter, prompts, edits=edits, prompt_fact=owner)
+    out = []
+    for f, g in enumerate(groups):
+        mine = [c for c, o in zip(conts, owner) if o == f]
+        out.append(sum(ngram_entropy(c) for c in mine) / len(mine))
+    return out
 
 
 def fluency_prompts(fact: Any, per_group: int = 2) -> list[str]:

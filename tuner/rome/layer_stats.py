@@ -1,6 +1,9 @@
 """Second-moment statistics C = E[k kᵀ] of a rewrite module's input over a text corpus
 (computed on first use by ``tuner edit`` / a worker; ``tuner edit --mom2`` exercises it).
 
+Every layer a study can edit is computed in one pass over the corpus, and each forward pass
+stops after the highest of them; batches are budgeted in tokens, not documents.
+
 Computed once per (model fingerprint, layer, corpus, sample count) and cached as safetensors
 under ``storage/stats/<fingerprint>/``. Concurrent workers take a file lock, so one computes
 and the others read; the file is written to a temp name and renamed (never half-written)."""
@@ -21,7 +24,7 @@ from tqdm.auto import tqdm
 
 from tuner.paths import atomic_write
 from tuner.rome.adapters import Adapter
-from tuner.rome.hooks import Trace
+from tuner.rome.hooks import get_module
 from tuner.rome.tokens import encode, make_batch, pad_id_of, padding_side
 
 log = logging.getLogger(__name__)
@@ -39,46 +42,97 @@ def stats_path(root: Path, fingerprint: str, module: str, corpus: str, n_samples
     return root / "stats" / fingerprint / f"{module}.{corpus}.{n_samples}.safetensors"
 
 
+class _StopForward(Exception):
+    """Raised after the highest requested layer: nothing above it is needed."""
+
+
 @torch.no_grad()
-def compute_second_moment(
+def compute_second_moments(
     model: Any,
     tok: Any,
     adapter: Adapter,
-    layer: int,
+    layers: Sequence[int],
     texts: Sequence[str],
     *,
     n_samples: int,
-    batch_size: int = 32,
+    tokens_per_batch: int = 8192,
     max_length: int = 256,
     progress: bool = True,
-) -> tuple[torch.Tensor, int]:
-    """E[k kᵀ] over up to ``n_samples`` non-padding token positions. Returns (C, count)."""
-    module = adapter.rewrite.format(layer)
+) -> dict[int, tuple[torch.Tensor, int]]:
+    """E[k kᵀ] at every layer in ``layers`` over the first ``n_samples`` non-padding token
+    positions of the corpus, in one pass: each batch runs the model only up to the highest
+    requested layer. Returns {layer: (C, count)}."""
+    layers = sorted(set(layers))
     device = next(model.parameters()).device
     side = padding_side(tok, adapter.padding_side)
     pad = pad_id_of(tok)
-    total: torch.Tensor | None = None  # (d_ff, d_ff), float64 accumulator
+    totals: dict[int, torch.Tensor] = {}  # float64 accumulators (d_ff, d_ff)
     count = 0
-    bar = tqdm(total=n_samples, desc=f"stats {module}", unit="tok", disable=not progress, leave=False)
-    for start in range(0, len(texts), batch_size):
-        rows = [encode(tok, t)[:max_length] for t in texts[start : start + batch_size]]
-        batch = make_batch(rows, pad_id=pad, side=side, device=device)
-        with Trace(model, module, retain_input=True) as tr:
-            model(**batch.model_kwargs(model))
-        keys = tr.input
-        if adapter.seq_first:
-            keys = keys.transpose(0, 1)  # (T, B, d) -> (B, T, d)
-        k = keys[batch.attention_mask.bool()].to(torch.float64)  # (N, d_ff)
-        k = k[: n_samples - count]
-        total = k.T @ k if total is None else total + k.T @ k
-        count += k.shape[0]
-        bar.update(k.shape[0])
-        if count >= n_samples:
-            break
-    bar.close()
-    if total is None or count == 0:
+    top = layers[-1]
+    state: dict[str, Any] = {}
+
+    def hook_for(layer: int) -> Any:
+        def hook(_module: Any, args: Any, _output: Any) -> None:
+            keys = args[0] if isinstance(args, tuple) else args
+            if adapter.seq_first:
+                keys = keys.transpose(0, 1)  # (T, B, d) -> (B, T, d)
+            k = keys[state["mask"]].to(torch.float64)[: state["take"]]  # (N, d_ff)
+            totals[layer] = k.T @ k if layer not in totals else totals[layer] + k.T @ k
+            if layer == top:
+                raise _StopForward
+
+        return hook
+
+    rows = (encode(tok, t)[:max_length] for t in texts)
+    handles = [get_module(model, adapter.rewrite.format(layer)).register_forward_hook(hook_for(layer))
+               for layer in layers]
+    names = ", ".join(str(layer) for layer in layers)
+    bar = tqdm(total=n_samples, desc=f"statistics, layer{'s' if len(layers) > 1 else ''} {names}", unit="tok",
+               disable=not progress, leave=False)
+    try:
+        for group in _batched_rows(rows, tokens_per_batch):
+            batch = make_batch(group, pad_id=pad, side=side, device=device)
+            state["mask"] = batch.attention_mask.bool()
+            state["take"] = n_samples - count
+            try:
+                model(**batch.model_kwargs(model))
+            except _StopForward:
+                pass
+            got = min(int(state["mask"].sum()), n_samples - count)
+            count += got
+            bar.update(got)
+            if count >= n_samples:
+                break
+    finally:
+        for h in handles:
+            h.remove()
+        bar.close()
+    if count == 0:
         raise ValueError("the statistics corpus is empty")
-    return (total / count).to(torch.float32), count
+    return {layer: ((totals[layer] / count).to(torch.float32), count) for layer in layers}
+
+
+def _batched_rows(rows: Any, tokens_per_batch: int) -> Any:
+    """``token_batches`` over a lazy iterator (the corpus is tokenised as it is consumed)."""
+    current: list[list[int]] = []
+    width = 0
+    for row in rows:
+        if not row:
+            continue
+        w = max(width, len(row))
+        if current and w * (len(current) + 1) > tokens_per_batch:
+            yield current
+            current, w = [], len(row)
+        current.append(row)
+        width = w
+    if current:
+        yield current
+
+
+def compute_second_moment(model: Any, tok: Any, adapter: Adapter, layer: int, texts: Sequence[str], *,
+                          n_samples: int, progress: bool = True) -> tuple[torch.Tensor, int]:
+    """E[k kᵀ] at one layer. Returns (C, count)."""
+    return compute_second_moments(model, tok, adapter, [layer], texts, n_samples=n_samples, progress=progress)[layer]
 
 
 def second_moment(
@@ -91,13 +145,21 @@ def second_moment(
     n_samples: int,
     fingerprint: str,
     root: Path,
+    also: Sequence[int] = (),
     progress: bool = True,
 ) -> torch.Tensor:
-    """Cached ``compute_second_moment``: load if present, else compute under a file lock."""
-    module = adapter.rewrite.format(layer)
-    path = stats_path(root, fingerprint, module, corpus_id(texts), n_samples)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock"):
+    """Cached statistics at ``layer``: loaded if its file is readable; otherwise computed in one
+    pass together with every layer in ``also`` whose file is missing, under a lock per model,
+    and written one file per layer (temp file + rename)."""
+    corpus = corpus_id(texts)
+
+    def path_of(i: int) -> Path:
+        return stats_path(root, fingerprint, adapter.rewrite.format(i), corpus, n_samples)
+
+    folder = root / "stats" / fingerprint
+    folder.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder / "compute.lock")):
+        path = path_of(layer)
         if path.exists():
             try:
                 return load_file(str(path))["mom2"]
@@ -106,10 +168,12 @@ def second_moment(
                 path.replace(aside)
                 log.warning("statistics cache %s is unreadable (%s); moved to %s and recomputing", path,
                             str(exc).splitlines()[0], aside.name)
-        log.info("computing second-moment statistics for %s (%d samples)", module, n_samples)
-        mom2, count = compute_second_moment(
-            model, tok, adapter, layer, texts, n_samples=n_samples, progress=progress
-        )
-        meta = {"module": module, "count": str(count), "fingerprint": fingerprint}
-        atomic_write(path, lambda tmp: save_file({"mom2": mom2.contiguous()}, str(tmp), metadata=meta))
-        return mom2
+        missing = sorted({layer, *(i for i in also if not path_of(i).exists())})
+        log.info("computing second-moment statistics for layer%s %s in one pass (%d tokens)",
+                 "s" if len(missing) > 1 else "", ", ".join(map(str, missing)), n_samples)
+        computed = compute_second_moments(model, tok, adapter, missing, texts, n_samples=n_samples, progress=progress)
+        for i, (mom2, count) in computed.items():
+            meta = {"module": adapter.rewrite.format(i), "count": str(count), "fingerprint": fingerprint}
+            atomic_write(path_of(i), lambda tmp, m=mom2, md=meta: save_file({"mom2": m.contiguous()}, str(tmp),
+                                                                            metadata=md))
+        return computed[layer][0]

@@ -27,8 +27,9 @@ from tuner.study.storage import ENV, make_storage, redact, resolve_url
 log = logging.getLogger(__name__)
 
 
-def plan_workers(workers: str) -> list[dict[str, str]]:
-    """One dict of env/args per local worker: auto = one per visible GPU, else one CPU worker."""
+def plan_workers(workers: str, threads: int | None = None) -> list[dict[str, str]]:
+    """One dict of env/args per local worker: auto = one per visible GPU, else one CPU worker.
+    CPU workers get ``threads`` torch threads each (default: cores ÷ workers)."""
     gpus: list[str] = []
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
@@ -39,6 +40,8 @@ def plan_workers(workers: str) -> list[dict[str, str]]:
         except ImportError:  # no torch at all: CPU plan; a broken CUDA install is an error, not "no GPU"
             torch = None
         gpus = [str(i) for i in range(torch.cuda.device_count())] if torch is not None else []
+    if threads is not None and threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {threads}")
     if workers == "auto":
         n = max(1, len(gpus))
     else:
@@ -49,8 +52,9 @@ def plan_workers(workers: str) -> list[dict[str, str]]:
         if n < 1:
             raise ConfigError(f"--workers must be >= 1, got {n}")
     if gpus:
-        return [{"CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)], "device": "cuda"} for i in range(n)]
-    threads = max(1, (os.cpu_count() or 1) // n)
+        extra = {"threads": str(threads)} if threads else {}
+        return [{"CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)], "device": "cuda", **extra} for i in range(n)]
+    threads = threads or max(1, (os.cpu_count() or 1) // n)
     return [{"device": "cpu", "threads": str(threads)} for _ in range(n)]
 
 
@@ -99,7 +103,8 @@ class Launched:
 
 
 def launch(config: str, *, trials: int | None, study_name: str | None, url: str | None, workers: str,
-           create_only: bool = False, progress: bool = True, seed_from_trace: bool = False) -> Launched:
+           create_only: bool = False, progress: bool = True, seed_from_trace: bool = False,
+           threads: int | None = None) -> Launched:
     from tuner.study.setup import create_or_resume, validate_study
     from tuner.study.worker import count_trials
 
@@ -110,7 +115,7 @@ def launch(config: str, *, trials: int | None, study_name: str | None, url: str 
         raise ConfigError(f"--trials must be >= 1, got {budget}")
     url = resolve_url(url)
     validate_study(cfg, name)  # everything checked before any row or file is written
-    plans = plan_workers(workers)
+    plans = plan_workers(workers, threads)
     storage = make_storage(url)
     trace = None
     if seed_from_trace:

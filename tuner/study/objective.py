@@ -3,9 +3,11 @@
     score(fact) = final_prob − λ·rebound  [+ w_p·paraphrase_prob + w_n·(specificity − 1)]
 
 ``final_prob`` is P(new target | rewrite prompt) in the *edited* model; ``rebound`` is
-peak − end of the optimisation trajectory. The trial value is the mean over facts; the running
-mean is reported after each fact so the pruner can stop a hopeless trial early. Everything
-needed to reproduce the trial lands in its user attributes."""
+peak − end of the optimisation trajectory. The K facts' v* are optimised together in one batch
+(``Editor.plan_many``); every ``PRUNE_EVERY`` steps their mean P(new) is reported, so the
+pruner can stop a hopeless trial before it pays for the rest of the optimisation. Each edit is
+then scored alone (``Editor.evaluate_many``). The trial value is the mean over facts.
+Everything needed to reproduce the trial lands in its user attributes."""
 
 from __future__ import annotations
 
@@ -62,6 +64,8 @@ def constraints(trial: Any) -> list[float]:
 
 
 CONSTRAINTS = "constraints"
+PRUNE_EVERY = 5
+"""Optimisation steps between two intermediate values reported to the pruner."""
 
 
 def _rounded(x: Any) -> Any:
@@ -75,6 +79,19 @@ class Objective:
         self.fingerprint, self.device = fingerprint, device
         self.worker = {"host": socket.gethostname(), "pid": os.getpid(), "device": device}
         self.current: int | None = None  # number of the trial being run, for interrupt handling
+
+    def _on_step(self, trial: Any, step: int, probs: list[float]) -> None:
+        """After every forward pass of the v* optimisation: the interrupt checkpoint, and every
+        ``PRUNE_EVERY`` steps the mean P(new) so far as the pruner's intermediate value."""
+        import optuna
+
+        checkpoint()  # Ctrl-C / SIGTERM take effect here
+        if self.cfg.objective.multi_objective or (step + 1) % PRUNE_EVERY:
+            return
+        value = sum(probs) / len(probs)
+        trial.report(value, step=step + 1)
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"mean P(new) {value:.4f} after {step + 1} steps")
 
     def __call__(self, trial: Any) -> float | tuple[float, float]:
         import optuna
@@ -91,16 +108,18 @@ class Objective:
         per_fact, trajectories, scores = [], [], []
         t0 = time.perf_counter()
         try:
-            for i, fact in enumerate(self.facts):
-                checkpoint()  # Ctrl-C / SIGTERM take effect here, between facts
-                t_fact = time.perf_counter()
-                result = self.editor.edit(fact, hp)
+            # v* of all K facts in one optimisation, pruned on its trajectory; then every edit
+            # scored alone (in shared batches)
+            plans = self.editor.plan_many(self.facts, hp, on_step=lambda step, probs: self._on_step(trial, step, probs))
+            checkpoint()
+            results = self.editor.evaluate_many(self.facts, hp, plans)
+            for i, (fact, plan, result) in enumerate(zip(self.facts, plans, results)):
                 result.metrics["disabling_edit"] = disabling(result.metrics, obj)
                 if i == 0:
                     trial.set_user_attr("context_templates", result.context_templates)
                 m = {k: _rounded(result.metrics[k]) for k in STORED_METRICS}
                 m["case_id"] = fact.case_id
-                m["seconds"] = round(time.perf_counter() - t_fact, 4)
+                m["seconds"] = round(sum(plan.timings.values()), 4)
                 m["compute_seconds"] = round(sum(result.timings.values()), 4)
                 if not math.isfinite(result.metrics["final_prob"]):
                     raise EditError(f"non-finite probability on fact {fact.case_id}")
@@ -108,11 +127,6 @@ class Objective:
                 trajectories.append({"prob": [round(p, 4) for p in result.trajectory["prob"]],
                                      "loss": [round(v, 4) for v in result.trajectory["loss"]]})
                 scores.append(fact_score(result.metrics, obj))
-                running = sum(scores) / len(scores)
-                if not obj.multi_objective:
-                    trial.report(running, step=i)
-                    if trial.should_prune():
-                        raise optuna.TrialPruned(f"running mean {running:.4f} after {i + 1} facts")
         except BaseException as exc:
             from optuna.exceptions import UpdateFinishedTrialError
 

@@ -108,9 +108,14 @@ def make_pruner(cfg: StudyConfig) -> Any:
 
     if cfg.pruner == "none" or cfg.objective.multi_objective:
         return optuna.pruners.NopPruner()
+    from tuner.study.objective import PRUNE_EVERY
+
+    # the resource is optimisation steps (intermediate values every PRUNE_EVERY steps)
+    steps = next((d.high for d in cfg.search.dimensions if d.name == "v_num_grad_steps"), None)
+    max_steps = int(steps or cfg.hparams.v_num_grad_steps)
     if cfg.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=cfg.facts.per_trial)
-    return optuna.pruners.MedianPruner(n_startup_trials=N_STARTUP, n_warmup_steps=1)
+        return optuna.pruners.HyperbandPruner(min_resource=PRUNE_EVERY, max_resource=max(PRUNE_EVERY, max_steps))
+    return optuna.pruners.MedianPruner(n_startup_trials=N_STARTUP, n_warmup_steps=2 * PRUNE_EVERY - 1)
 
 
 def directions(cfg: StudyConfig) -> list[str]:

@@ -107,6 +107,13 @@ class SearchSpace:
     def suggest(self, trial: Any, base: ROMEHyperParams) -> ROMEHyperParams:
         return base.replace(**{d.name: d.suggest(trial) for d in self.dimensions})
 
+    def layers(self, fixed: int) -> list[int]:
+        """Every layer a trial can edit (after ``bind``): what the statistics are computed for."""
+        for d in self.dimensions:
+            if d.name == "layer":
+                return sorted(d.choices) if d.kind == "categorical" else list(range(int(d.low), int(d.high) + 1))
+        return [fixed]
+
     @property
     def names(self) -> list[str]:
         return [d.name for d in self.dimensions]

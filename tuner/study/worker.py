@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from tuner.errors import StudyError, TunerError
+from tuner.errors import ConfigError, StudyError, TunerError
 
 log = logging.getLogger(__name__)
 REMOTE_CODE_ENV = "TUNER_TRUST_REMOTE_CODE"
@@ -252,6 +252,8 @@ def run_worker(url: str | None, name: str, *, device: str | None = None, threads
     from tuner.errors import checkpoint, deferred_signals
     from tuner.study.storage import resolve_url
 
+    if threads is not None and threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {threads}")
     url = resolve_url(url)
     if parent_pid is not None:
         watch_parent(parent_pid)
@@ -285,7 +287,7 @@ def _work(url: str, name: str, *, device: str | None, threads: int | None, quiet
         torch.set_num_threads(threads or 1)
     elif threads:
         torch.set_num_threads(threads)
-    editor = loaded.editor(progress=not quiet)
+    editor = loaded.editor(progress=not quiet, stats_layers=space.layers(cfg.hparams.layer))
     # Workers need distinct sampler seeds or they propose the same points. Launch numbers its
     # workers (worker 0 uses the study seed, so one worker is fully reproducible); a worker
     # started by hand falls back to its pid.

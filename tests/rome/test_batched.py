@@ -1,0 +1,189 @@
+"""All facts of a trial in one optimisation equal the facts one by one; the replayed prefix
+equals the full forward pass; a CUDA out-of-memory error halves the chunk instead of failing."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from tests.conftest import FAMILIES
+from tuner.rome.hparams import ROMEHyperParams
+
+# lr and steps chosen so that on the default model some facts stop early, at different steps
+HP = ROMEHyperParams(layer=1, v_num_grad_steps=25, v_lr=0.5, v_weight_decay=0.01, clamp_norm_factor=4.0,
+                     kl_factor=0.0625, early_stop_loss=0.05, mom2_adjustment=False)
+
+
+def _requests(editor, facts):
+    from tuner.rome.compute_v import VRequest
+    from tuner.rome.tokens import target_token_ids
+
+    return [VRequest(f.prompt, f.subject, tuple(target_token_ids(editor.tok, f.rewrite_prompt, f.target_new)))
+            for f in facts]
+
+
+def _vs(editor, hp, requests, **kwargs):
+    from tuner.rome.compute_v import compute_vs
+
+    return compute_vs(editor.model, editor.tok, editor.adapter, hp, requests, editor.context_templates(hp), **kwargs)
+
+
+def assert_same(batched, alone):
+    assert len(batched) == len(alone)
+    for b, a in zip(batched, alone):
+        assert b.selected_step == a.selected_step and b.early_stopped == a.early_stopped
+        assert len(b.trajectory["loss"]) == len(a.trajectory["loss"])
+        torch.testing.assert_close(b.v_star, a.v_star, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(b.key, a.key, atol=1e-5, rtol=1e-5)
+        for k in ("loss", "prob", "delta_norm"):
+            assert b.trajectory[k] == pytest.approx(a.trajectory[k], abs=1e-5, rel=1e-4), k
+
+
+@pytest.fixture(scope="module")
+def editor(default_model):
+    return default_model.editor(progress=False)
+
+
+@pytest.mark.parametrize("overrides", [{}, {"layer": 0}, {"layer": 3, "v_select": "best", "lr_schedule": "cosine"}])
+def test_batched_equals_one_by_one(editor, facts, overrides):
+    hp = HP.replace(**overrides)
+    requests = _requests(editor, facts[:6])
+    batched = _vs(editor, hp, requests)
+    alone = [_vs(editor, hp, [r])[0] for r in requests]
+    assert_same(batched, alone)
+    steps = {len(v.trajectory["loss"]) for v in batched}
+    if not overrides:  # the case that matters: facts stop at different steps, the rest go on
+        assert any(v.early_stopped for v in batched) and len(steps) > 1, steps
+
+
+@pytest.mark.parametrize("model_type", ["default", "gpt2"])
+def test_edits_scored_together_equal_each_alone(editor, tiny_editor, facts, model_type):
+    """K edits scored in shared batches, each row under its own fact's rank-one update, give
+    the metrics of each edit written into the weight and scored alone (GPT-2: Conv1D layout)."""
+    ed = editor if model_type == "default" else tiny_editor(model_type)
+    hp = HP.replace(mom2_adjustment=model_type == "default", layer=1)
+    many = ed.edit_many(facts[:4], hp)
+    for fact, result in zip(facts[:4], many):
+        alone = ed.edit(fact, hp)
+        for k in ("final_prob", "true_prob", "efficacy", "paraphrase_prob", "specificity", "neighborhood_drop",
+                  "rebound", "n_steps", "update_norm", "gen_entropy"):
+            assert result.metrics[k] == pytest.approx(alone.metrics[k], abs=1e-4), k
+
+
+def test_out_of_memory_halves_the_chunk(editor, facts, caplog):
+    """A forward pass over more than two facts' rows raises CUDA's out-of-memory error: the
+    engine retries with smaller chunks and gets the same result."""
+    requests = _requests(editor, facts[:5])
+    expected = _vs(editor, HP, requests)
+    rows_per_fact = len(editor.context_templates(HP)) + 1
+    real_forward = editor.model.forward
+    seen = []
+
+    def forward(*args, **kwargs):
+        rows = kwargs["input_ids"].shape[0]
+        seen.append(rows)
+        if rows > 2 * rows_per_fact:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
+        return real_forward(*args, **kwargs)
+
+    editor.model.forward = forward
+    try:
+        with caplog.at_level(logging.WARNING, logger="tuner.rome.compute_v"):
+            got = _vs(editor, HP, requests)
+    finally:
+        del editor.model.forward
+    assert_same(got, expected)
+    assert max(seen) > 2 * rows_per_fact and any(r <= 2 * rows_per_fact for r in seen)
+    assert "out of memory with 5 facts per forward pass; retrying with 2" in caplog.text
+
+
+def _replay_equals_full(model, adapter, tok, layer):
+    from tuner.rome.prefix import PrefixReplay
+    from tuner.rome.tokens import encode, make_batch, pad_id_of
+
+    texts = ["Danielle Darrieux is a native speaker of", "The Eiffel Tower is in", "Paris", "x y z w v u t s r q"]
+    batch = make_batch([encode(tok, t) for t in texts], pad_id=pad_id_of(tok), side="left",
+                       device=next(model.parameters()).device)
+    kwargs = batch.model_kwargs(model)
+    replay = PrefixReplay(model, adapter, layer)
+    with torch.no_grad():
+        with replay.recording(torch.arange(len(texts))):
+            full = model(**kwargs).logits
+        rows = torch.tensor([3, 1])
+        with replay.replaying(rows):
+            replayed = model(**{k: v[rows] for k, v in kwargs.items()}).logits
+        plain = model(**{k: v[rows] for k, v in kwargs.items()}).logits  # blocks restored
+    assert replay.active == (layer > 0)
+    mask = kwargs["attention_mask"][rows].bool()
+    torch.testing.assert_close(replayed[mask], full[rows][mask], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(plain[mask], full[rows][mask], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("model_type", FAMILIES)
+def test_replayed_prefix_equals_full_forward(tiny_models, tiny_tok, model_type):
+    from tuner.rome.adapters import detect_adapter
+
+    model = tiny_models(model_type)
+    for layer in (0, 1, 2):
+        _replay_equals_full(model, detect_adapter(model.config), tiny_tok, layer)
+
+
+def test_replay_skips_the_blocks_below(tiny_models, tiny_tok):
+    """The replayed blocks do not run: their MLPs are never called."""
+    from tuner.rome.adapters import detect_adapter
+    from tuner.rome.prefix import PrefixReplay
+    from tuner.rome.tokens import encode, make_batch, pad_id_of
+
+    model = tiny_models("llama")
+    adapter = detect_adapter(model.config)
+    batch = make_batch([encode(tiny_tok, "Paris is a city")], pad_id=pad_id_of(tiny_tok), side="left", device="cpu")
+    calls = []
+    handles = [model.get_submodule(adapter.mlp.format(i)).register_forward_pre_hook(
+        lambda _m, _a, i=i: calls.append(i)) for i in range(3)]
+    replay = PrefixReplay(model, adapter, 2)
+    try:
+        with torch.no_grad():
+            with replay.recording(torch.arange(1)):
+                model(**batch.model_kwargs(model))
+            assert calls == [0, 1, 2]
+            calls.clear()
+            with replay.replaying():
+                model(**batch.model_kwargs(model))
+    finally:
+        for h in handles:
+            h.remove()
+    assert calls == [2]
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gpt2"])
+def test_one_pass_statistics_equal_per_layer(tiny_editor, stats_texts, model_type):
+    """Every layer's C from one pass (token-budgeted batches, stopped after the top layer)
+    equals C built document by document from each layer's own keys; the layer above the
+    top is never run."""
+    from tuner.rome.hooks import Trace
+    from tuner.rome.layer_stats import compute_second_moments
+    from tuner.rome.tokens import encode
+
+    ed = tiny_editor(model_type)
+    n = 1500
+    calls = []
+    above = ed.model.get_submodule(ed.adapter.mlp.format(2)).register_forward_pre_hook(lambda *_: calls.append(1))
+    try:
+        got = compute_second_moments(ed.model, ed.tok, ed.adapter, [1, 0], stats_texts, n_samples=n,
+                                     tokens_per_batch=700, progress=False)
+    finally:
+        above.remove()
+    assert calls == [] and sorted(got) == [0, 1]
+    for layer in (0, 1):
+        keys = []
+        for text in stats_texts:
+            ids = encode(ed.tok, text)[:256]
+            with torch.no_grad(), Trace(ed.model, ed.adapter.rewrite.format(layer), retain_input=True) as tr:
+                ed.model(input_ids=torch.tensor([ids]))
+            keys.append(tr.input[0].double())
+        k = torch.cat(keys)[:n]
+        mom2, count = got[layer]
+        assert count == n
+        torch.testing.assert_close(mom2, (k.T @ k / n).float(), rtol=1e-4, atol=1e-6)

@@ -1,0 +1,32 @@
+"""Pruning that can pay: a trial reports the mean P(new) of its facts every PRUNE_EVERY
+optimisation steps, and a pruned trial stops its optimisation there (no evaluation after)."""
+
+from __future__ import annotations
+
+import optuna
+
+from tests.conftest import run_cli
+from tests.study.conftest import write_study
+from tuner.study.objective import PRUNE_EVERY
+
+States = optuna.trial.TrialState
+
+
+def test_pruned_trials_stop_during_the_optimisation(tmp_path, env):
+    cfg = write_study(tmp_path / "small.yaml", search={"v_num_grad_steps": {"low": 15, "high": 40}})
+    url = f"sqlite:///{tmp_path / 'tuner.db'}"
+    proc = run_cli("launch", "--config", str(cfg), "--trials", "24", "--workers", "1", "--storage", url,
+                   "--no-progress", env=env)
+    assert proc.returncode == 0, proc.stderr
+    trials = optuna.load_study(study_name="small", storage=url).get_trials(deepcopy=False)
+    for t in trials:
+        steps = sorted(t.intermediate_values)
+        assert steps == list(range(PRUNE_EVERY, PRUNE_EVERY * len(steps) + 1, PRUNE_EVERY)), steps
+        assert all(0.0 <= v <= 1.0 for v in t.intermediate_values.values())
+    pruned = [t for t in trials if t.state == States.PRUNED]
+    assert pruned, "the median pruner pruned nothing in 24 trials"
+    for t in pruned:
+        assert max(t.intermediate_values) <= t.params["v_num_grad_steps"]  # stopped inside the optimisation
+        assert t.user_attrs["per_fact"] == []  # and nothing was evaluated
+    complete = [t for t in trials if t.state == States.COMPLETE]
+    assert all(len(t.user_attrs["per_fact"]) == 3 for t in complete)
