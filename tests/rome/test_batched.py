@@ -12,8 +12,8 @@ from tests.conftest import FAMILIES
 from tuner.rome.hparams import ROMEHyperParams
 
 # lr and steps chosen so that on the default model some facts stop early, at different steps
-HP = ROMEHyperParams(layer=1, v_num_grad_steps=25, v_lr=0.5, v_weight_decay=0.01, clamp_norm_factor=4.0,
-                     kl_factor=0.0625, early_stop_loss=0.05, mom2_adjustment=False)
+HP = ROMEHyperParams(layer=1, v_num_grad_steps=25, v_lr=1.0, v_weight_decay=0.001, clamp_norm_factor=12.0,
+                     kl_factor=0.01, early_stop_loss=0.1, mom2_adjustment=False)
 
 
 def _requests(editor, facts):
@@ -30,15 +30,18 @@ def _vs(editor, hp, requests, **kwargs):
     return compute_vs(editor.model, editor.tok, editor.adapter, hp, requests, editor.context_templates(hp), **kwargs)
 
 
-def assert_same(batched, alone):
+def assert_same(batched, alone, tol=1e-5):
+    """Same step counts and selections; v*, keys and trajectories equal to ``tol`` relative to
+    v*'s norm (float32 batches of different padding differ by round-off only: in float64 the
+    two paths agree to 1e-10, see ``test_batched_equals_one_by_one``)."""
     assert len(batched) == len(alone)
     for b, a in zip(batched, alone):
         assert b.selected_step == a.selected_step and b.early_stopped == a.early_stopped
         assert len(b.trajectory["loss"]) == len(a.trajectory["loss"])
-        torch.testing.assert_close(b.v_star, a.v_star, atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(b.key, a.key, atol=1e-5, rtol=1e-5)
+        assert float((b.v_star - a.v_star).norm()) <= tol * float(a.v_star.norm())
+        assert float((b.key - a.key).norm()) <= tol * float(a.key.norm())
         for k in ("loss", "prob", "delta_norm"):
-            assert b.trajectory[k] == pytest.approx(a.trajectory[k], abs=1e-5, rel=1e-4), k
+            assert b.trajectory[k] == pytest.approx(a.trajectory[k], abs=tol, rel=max(tol * 10, 1e-9 if tol < 1e-6 else 1e-3)), k
 
 
 @pytest.fixture(scope="module")
@@ -46,13 +49,25 @@ def editor(default_model):
     return default_model.editor(progress=False)
 
 
-@pytest.mark.parametrize("overrides", [{}, {"layer": 0}, {"layer": 3, "v_select": "best", "lr_schedule": "cosine"}])
-def test_batched_equals_one_by_one(editor, facts, overrides):
+@pytest.fixture(scope="module")
+def editor64(default_model):
+    """The default model in float64: batching must change nothing but float32 round-off."""
+    import copy
+
+    from tuner.rome.editor import Editor
+
+    model = copy.deepcopy(default_model.model).double()
+    return Editor(model, default_model.tok, default_model.adapter, fingerprint="f64", stats_texts=[], progress=False)
+
+
+@pytest.mark.parametrize("overrides", [{}, {"layer": 0}, {"layer": 2, "v_select": "best", "lr_schedule": "cosine"}])
+def test_batched_equals_one_by_one(editor, editor64, facts, overrides):
     hp = HP.replace(**overrides)
     requests = _requests(editor, facts[:6])
     batched = _vs(editor, hp, requests)
     alone = [_vs(editor, hp, [r])[0] for r in requests]
     assert_same(batched, alone)
+    assert_same(_vs(editor64, hp, requests), [_vs(editor64, hp, [r])[0] for r in requests], tol=1e-10)
     steps = {len(v.trajectory["loss"]) for v in batched}
     if not overrides:  # the case that matters: facts stop at different steps, the rest go on
         assert any(v.early_stopped for v in batched) and len(steps) > 1, steps
@@ -64,9 +79,9 @@ def test_edits_scored_together_equal_each_alone(editor, tiny_editor, facts, mode
     the metrics of each edit written into the weight and scored alone (GPT-2: Conv1D layout)."""
     ed = editor if model_type == "default" else tiny_editor(model_type)
     hp = HP.replace(mom2_adjustment=model_type == "default", layer=1)
-    many = ed.edit_many(facts[:4], hp)
-    for fact, result in zip(facts[:4], many):
-        alone = ed.edit(fact, hp)
+    plans = ed.plan_many(facts[:4], hp)
+    for fact, plan, result in zip(facts[:4], plans, ed.evaluate_many(facts[:4], hp, plans)):
+        alone = ed.evaluate(fact, hp, plan)  # ΔW written into the weight, scored, restored
         for k in ("final_prob", "true_prob", "efficacy", "paraphrase_prob", "specificity", "neighborhood_drop",
                   "rebound", "n_steps", "update_norm", "gen_entropy"):
             assert result.metrics[k] == pytest.approx(alone.metrics[k], abs=1e-4), k
