@@ -222,7 +222,7 @@ def main() -> None:
     for name, build, size, layer in models:
         t0 = time.perf_counter()
         model = build(size, dtype, device.type)
-        n_params = sum(p.numel() for p in model.parameters()) / 1e9
+        n_params = sum(p.numel() for p in model.parameters())
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         from tuner.rome.adapters import detect_adapter
@@ -231,7 +231,8 @@ def main() -> None:
         layers = [i for i in study.search.layers(study.hparams.layer) if i < depth]  # the study's searched layers
         m = measure(name, model, tok, facts, layer=layer, layers=layers, stats_tokens=2000 if args.toy else 20000,
                     steps=(3, 8) if args.toy else (5, 15), device=device)
-        print(f"\n{name}: {n_params:.2f} B parameters, built in {time.perf_counter() - t0:.0f} s, edit layer {layer}")
+        size_text = f"{n_params / 1e9:.2f} B" if n_params >= 1e8 else f"{n_params / 1e6:.2f} M"
+        print(f"\n{name}: {size_text} parameters, built in {time.perf_counter() - t0:.0f} s, edit layer {layer}")
         rows = [
             (f"bare forward+backward step ({m['rows']} rows), ms", f"{1000 * m['bare_step']:.1f}"),
             ("engine step, same rows, ms", f"{1000 * m['engine_step']:.1f}"),
