@@ -115,7 +115,7 @@ def make_pruner(cfg: StudyConfig) -> Any:
     max_steps = int(steps or cfg.hparams.v_num_grad_steps)
     if cfg.pruner == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=PRUNE_EVERY, max_resource=max(PRUNE_EVERY, max_steps))
-    return optuna.pruners.MedianPruner(n_startup_trials=N_STARTUP, n_warmup_steps=2 * PRUNE_EVERY - 1)
+    return optuna.pruners.MedianPruner(n_startup_trials=N_STARTUP, n_warmup_steps=4 * PRUNE_EVERY - 1)
 
 
 def directions(cfg: StudyConfig) -> list[str]:
