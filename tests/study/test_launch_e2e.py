@@ -65,7 +65,7 @@ def test_launch_two_workers_sqlite(tmp_path, small_study, env, home):
     first = t.user_attrs["per_fact"][0]
     assert len(t.user_attrs["trajectory"][0]["prob"]) == first["n_steps"] <= t.params["v_num_grad_steps"]
     assert first["n_steps"] == t.params["v_num_grad_steps"] or first["early_stopped"]
-    assert t.user_attrs["context_templates"][0] == "{}" and t.user_attrs["constraints"] == [0.0]
+    assert t.user_attrs["context_templates"][0] == "{}" and t.user_attrs["constraints"][0] == 0.0 and len(t.user_attrs["constraints"]) == 2
     # status sees both workers
     st = run_cli("status", "--study", "small", "--storage", url, env=env)
     assert st.returncode == 0 and st.stdout.count("worker ") == 2

@@ -61,3 +61,69 @@ def test_storage_urls(monkeypatch, tmp_path):
     assert "pw" not in redact(resolve_url(None))
     with pytest.raises(StorageError, match="unsupported storage URL 'mysql://u:\\*\\*\\*@h/db'"):
         resolve_url("mysql://u:pw@h/db")
+
+
+def test_textbook_setting_is_the_first_trial(tmp_path, env):
+    """Warm start: ROME's textbook values of the searched knobs (clipped into the space) are
+    enqueued as trial 0, before the seeded random draws."""
+    import optuna
+
+    from tests.conftest import run_cli
+    from tests.study.conftest import write_study
+
+    cfg = write_study(tmp_path / "s.yaml", search={"v_lr": {"low": 0.01, "high": 0.3, "log": True}})
+    url = f"sqlite:///{tmp_path / 't.db'}"
+    proc = run_cli("launch", "--config", str(cfg), "--create-only", "--storage", url, env=env)
+    assert proc.returncode == 0, proc.stderr
+    trials = sorted(optuna.load_study(study_name="small", storage=url).get_trials(deepcopy=False),
+                    key=lambda t: t.number)
+    first = trials[0].system_attrs["fixed_params"]
+    assert first == {"layer": 1, "v_lr": 0.3, "v_weight_decay": 0.5, "v_num_grad_steps": 15,
+                     "clamp_norm_factor": 4.0, "kl_factor": 0.0625, "lr_schedule": "constant"}, first
+    assert all(t.system_attrs["fixed_params"] != first for t in trials[1:])
+
+
+def test_specificity_guard():
+    """A trial whose edits cost more neighbourhood specificity than the guard allows is
+    infeasible (constraint > 0); within the margin, or with the guard off, it is feasible."""
+    from tuner.study.config import ObjectiveSpec
+    from tuner.study.objective import specificity_violation
+
+    facts = [{"specificity_pre": 1.0, "specificity": 0.9}, {"specificity_pre": 0.8, "specificity": 0.8}]
+    assert specificity_violation(facts, ObjectiveSpec()) == pytest.approx(0.0)  # mean drop 0.05: at the margin
+    assert specificity_violation(facts[:1], ObjectiveSpec()) == pytest.approx(0.05)  # drop 0.1: infeasible
+    assert specificity_violation(facts[:1], ObjectiveSpec(max_specificity_drop=None)) == 0.0
+    assert specificity_violation([{"specificity_pre": None, "specificity": None}], ObjectiveSpec()) == 0.0
+
+
+def test_warm_start_from_another_study(tmp_path, env):
+    """--warm-start-from enqueues the other study's best feasible trials (clipped into this
+    space) right after the textbook setting; an unknown study is one line, exit 2."""
+    import optuna
+
+    from tests.conftest import run_cli
+    from tests.study.conftest import write_study
+
+    url = f"sqlite:///{tmp_path / 't.db'}"
+    first = write_study(tmp_path / "a.yaml", name="a", facts={"per_trial": 2})
+    proc = run_cli("launch", "--config", str(first), "--trials", "4", "--workers", "1", "--storage", url,
+                   "--no-progress", env=env)
+    assert proc.returncode == 0, proc.stderr
+    donor = optuna.load_study(study_name="a", storage=url)
+    ranked = sorted(donor.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)),
+                    key=lambda t: -t.value)
+    second = write_study(tmp_path / "b.yaml", name="b", search={"v_lr": {"low": 0.01, "high": 1.0, "log": True}})
+    proc = run_cli("launch", "--config", str(second), "--create-only", "--warm-start-from", "a", "--storage", url,
+                   env=env)
+    assert proc.returncode == 0, proc.stderr
+    queued = sorted(optuna.load_study(study_name="b", storage=url).get_trials(deepcopy=False), key=lambda t: t.number)
+    textbook = queued[0].system_attrs["fixed_params"]
+    expected = []
+    for t in ranked:
+        params = {**t.params, "v_lr": min(t.params["v_lr"], 1.0)}
+        if params != textbook and params not in expected:
+            expected.append(params)
+    assert expected and [t.system_attrs["fixed_params"] for t in queued[1:1 + len(expected)]] == expected
+    bad = run_cli("launch", "--config", str(second), "--study", "c", "--create-only", "--warm-start-from", "nope",
+                  "--storage", url, env=env)
+    assert bad.returncode == 2 and "study 'nope' not found" in bad.stderr

@@ -27,6 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="CPU threads per local worker (default: cores ÷ workers; lower it on a loaded machine)")
     p.add_argument("--create-only", action="store_true", help="create the study (and tables) and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--warm-start-from", metavar="STUDY",
+                   help="a new study starts with this study's 5 best feasible trials (same storage; "
+                        "e.g. a smaller model of the same family), after ROME's textbook setting")
     p.add_argument("--seed-from-trace", action="store_true",
                    help="causal-trace the facts first and start the search at the top MLP layers")
     p.set_defaults(run="tuner.cli.study_commands:launch")
@@ -86,7 +89,8 @@ def launch(args: argparse.Namespace) -> int:
 
     done = run_launch(args.config, trials=args.trials, study_name=args.study, url=args.storage,
                       workers=args.workers, create_only=args.create_only, progress=not args.no_progress,
-                      seed_from_trace=args.seed_from_trace, threads=args.threads)
+                      seed_from_trace=args.seed_from_trace, threads=args.threads,
+                      warm_start_from=args.warm_start_from)
     if done.finished:
         summarize(done.study, done.cfg)
     return done.exit_code
@@ -105,7 +109,8 @@ def summarize(study: Any, cfg: Any) -> list[Path] | None:
     from tuner.errors import StudyError
 
     if counts.infeasible:
-        print(f"{counts.infeasible} complete trial(s) infeasible: a disabling edit (never exported as best)")
+        print(f"{counts.infeasible} complete trial(s) infeasible: a disabling edit or a specificity drop beyond "
+              "the guard (never exported as best)")
     try:
         trial = best_trial(study)
     except StudyError:
@@ -170,7 +175,7 @@ def status(args: argparse.Namespace) -> int:
     print(f"study {args.study!r} in {redact(url)}")
     print(f"budget {budget_of(study)}: {c.finished} finished ({c.complete} complete, {c.pruned} pruned), "
           f"{c.running} running, {c.waiting} waiting, {c.failed} failed, {c.infeasible} infeasible "
-          "(complete with a disabling edit)")
+          "(a disabling edit or a specificity drop beyond the guard)")
     if c.complete > c.infeasible:
         t = best_trial(study)
         print(f"best trial #{t.number}: value {', '.join(f'{v:.4f}' for v in t.values)}  params {t.params}")

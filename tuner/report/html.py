@@ -75,7 +75,8 @@ def summary(study: Any, rs: list) -> str:
     infeasible = len(done) - len(complete_feasible(rs))
     if infeasible:
         parts.append(f"<p class='warn'>{infeasible} completed trial(s) are infeasible: at least one edit was "
-                     "disabling (update norm or generation-entropy collapse); they are never the best trial.</p>")
+                     "disabling (update norm or generation-entropy collapse) or the edits cost more neighbourhood specificity "
+                     "than objective.max_specificity_drop allows; they are never the best trial.</p>")
     if not complete_feasible(rs):
         return "\n".join(parts)
     best = max(complete_feasible(rs), key=lambda r: r.value)

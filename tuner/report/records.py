@@ -19,7 +19,8 @@ class Row:
     end: datetime | None
     per_fact: list[dict[str, Any]] = field(default_factory=list)
     feasible: bool = True
-    """No disabling edit; an infeasible trial is never the best one."""
+    """No disabling edit and no specificity drop beyond the guard; an infeasible trial is never
+    the best one."""
 
     def metric(self, name: str) -> float | None:
         if name == "value":

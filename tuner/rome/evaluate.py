@@ -102,6 +102,7 @@ def edit_metrics(pre: dict[str, Any], post: dict[str, Any]) -> dict[str, float |
         "paraphrase": _mean(para["lp_new"] > para["lp_true"]),
         "paraphrase_prob": _mean(para["p_new"]),
         "specificity": _mean(nb["lp_true"] > nb["lp_new"]),
+        "specificity_pre": _mean(pre["neighborhood"]["lp_true"] > pre["neighborhood"]["lp_new"]),
         "neighborhood_drop": _mean(pre["neighborhood"]["p_true"] - nb["p_true"]),
     }
 

@@ -42,6 +42,10 @@ class ObjectiveSpec:
     (``tuner.rome.fluency``: measured thresholds, and how to set it for a large model)."""
     max_entropy_drop: float = 0.5
     """An edit whose generation entropy falls by more than this share is disabling."""
+    max_specificity_drop: float | None = 0.05
+    """The specificity guard: a trial whose mean neighbourhood specificity falls more than this
+    below the unedited model's (on the same facts) is infeasible, not merely penalised.
+    ``null`` turns the guard off."""
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from tuner.errors import ConfigError, Interrupted, TunerError, checkpoint, deferred_signals
+from tuner.errors import ConfigError, Interrupted, StudyError, TunerError, checkpoint, deferred_signals
 from tuner.study.config import StudyConfig
 from tuner.study.storage import ENV, make_storage, redact, resolve_url
 
@@ -104,7 +104,7 @@ class Launched:
 
 def launch(config: str, *, trials: int | None, study_name: str | None, url: str | None, workers: str,
            create_only: bool = False, progress: bool = True, seed_from_trace: bool = False,
-           threads: int | None = None) -> Launched:
+           threads: int | None = None, warm_start_from: str | None = None) -> Launched:
     from tuner.study.setup import create_or_resume, validate_study
     from tuner.study.worker import count_trials
 
@@ -116,6 +116,12 @@ def launch(config: str, *, trials: int | None, study_name: str | None, url: str 
     url = resolve_url(url)
     validate_study(cfg, name)  # everything checked before any row or file is written
     plans = plan_workers(workers, threads)
+    if warm_start_from is not None:
+        from tuner.study.storage import sqlite_path
+
+        path = sqlite_path(url)
+        if path is not None and not path.exists():
+            raise StudyError(f"--warm-start-from {warm_start_from}: no database at {path}")
     storage = make_storage(url)
     trace = None
     if seed_from_trace:
@@ -128,7 +134,16 @@ def launch(config: str, *, trials: int | None, study_name: str | None, url: str 
                               seed=cfg.seed, progress=progress)
             log.info("causal trace: top MLP layers %s (%d facts traced in %.1fs)", trace["top_mlp_layers"],
                      trace["traced"], trace["seconds"])
-    study, created = create_or_resume(storage, url, cfg, name, budget, trace=trace)
+    warm = None
+    if warm_start_from is not None:
+        from tuner.study.setup import warm_start_params
+        from tuner.study.storage import study_names
+
+        if name not in study_names(storage):  # only a new study is warm-started
+            warm = warm_start_params(storage, url, warm_start_from)
+            log.info("warm start: %d trial(s) from study %r enqueued after the textbook setting", len(warm),
+                     warm_start_from)
+    study, created = create_or_resume(storage, url, cfg, name, budget, trace=trace, warm=warm)
     counts = count_trials(study)
     log.info("%s study %r in %s: %d/%d finished", "created" if created else "resuming", name, redact(url),
              counts.finished, budget)

@@ -23,7 +23,7 @@ from tuner.study.config import ObjectiveSpec, StudyConfig
 from tuner.study.space import SearchSpace
 
 STORED_METRICS = ("final_prob", "pre_prob", "true_prob", "efficacy", "paraphrase", "paraphrase_prob", "specificity",
-                  "neighborhood_drop", "peak_prob", "peak_step", "opt_final_prob", "selected_step", "n_steps",
+                  "specificity_pre", "neighborhood_drop", "peak_prob", "peak_step", "opt_final_prob", "selected_step", "n_steps",
                   "rebound", "oscillation", "final_loss", "early_stopped", "update_norm", "division_factor",
                   "gen_entropy", "gen_entropy_drop", "disabling_edit")
 """The per-fact metrics stored in a trial's ``per_fact`` attribute."""
@@ -54,16 +54,29 @@ def disabling(m: dict[str, Any], obj: ObjectiveSpec) -> bool:
 
 
 def feasible(trial: Any) -> bool:
-    """No disabling edit (Optuna's constraint convention: every value ≤ 0 is feasible)."""
+    """No disabling edit and no specificity drop beyond the guard (every constraint ≤ 0)."""
     return all(c <= 0 for c in trial.user_attrs.get(CONSTRAINTS, [0]))
 
 
 def constraints(trial: Any) -> list[float]:
-    """The sampler's ``constraints_func``: the number of disabling edits of the trial."""
+    """The sampler's ``constraints_func``: disabling edits, specificity drop over the guard."""
     return list(trial.user_attrs.get(CONSTRAINTS, [0.0]))
 
 
 CONSTRAINTS = "constraints"
+CONSTRAINT_NAMES = ("disabling_edits", "specificity_drop")
+"""Optuna's convention: a trial is feasible when every value is ≤ 0."""
+
+
+def specificity_violation(per_fact: list[dict[str, Any]], obj: ObjectiveSpec) -> float:
+    """(specificity before − after, averaged over facts) − the allowed drop: > 0 when the edits
+    cost more neighbourhood specificity than ``objective.max_specificity_drop`` allows."""
+    pairs = [(m["specificity_pre"], m["specificity"]) for m in per_fact
+             if m.get("specificity_pre") is not None and m.get("specificity") is not None]
+    if obj.max_specificity_drop is None or not pairs:
+        return 0.0
+    drop = sum(pre - post for pre, post in pairs) / len(pairs)
+    return round(drop - obj.max_specificity_drop, 6)
 PRUNE_EVERY = 5
 """Optimisation steps between two intermediate values reported to the pruner."""
 
@@ -143,10 +156,12 @@ class Objective:
             trial.set_user_attr("trajectory", trajectories)
             trial.set_user_attr("seconds", round(time.perf_counter() - t0, 3))
             trial.set_user_attr("compute_seconds", round(sum(m["compute_seconds"] for m in per_fact), 3))
-            constraint = [float(sum(bool(m["disabling_edit"]) for m in per_fact))]
+            constraint = [float(sum(bool(m["disabling_edit"]) for m in per_fact)),
+                          specificity_violation(per_fact, obj)]
             trial.set_user_attr(CONSTRAINTS, constraint)  # what tuner's own best-trial logic reads
             if hasattr(trial, "set_constraint"):  # Optuna ≥ 5: what its samplers read
-                trial.set_constraint("disabling_edits", constraint[0])
+                for name, value in zip(CONSTRAINT_NAMES, constraint):
+                    trial.set_constraint(name, value)
             if per_fact:
                 save_trial_note(trial, per_fact, hp)
                 n = len(per_fact)

@@ -129,15 +129,26 @@ def metric_names(cfg: StudyConfig) -> list[str]:
 
 
 def startup_params(cfg: StudyConfig, space: SearchSpace, budget: int,
-                   layer_seeds: list[int] | None = None) -> list[dict[str, Any]]:
-    """The first trials, identical whatever the number of workers: drawn at creation by Optuna's
-    RandomSampler (seeded with the study's seed) through the same ``suggest`` as every trial, then
-    enqueued. At most a fifth of the budget, so retried trials (queued behind them) still run."""
+                   layer_seeds: list[int] | None = None, warm: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """The first trials, identical whatever the number of workers: ROME's textbook setting (its
+    searched values, clipped into the space), the ``warm`` trials (another study's best), then draws by Optuna's RandomSampler (seeded with
+    the study's seed) through the same ``suggest`` as every trial, all enqueued at creation. At
+    most a fifth of the budget, so retried trials (queued behind them) still run."""
     import optuna
 
-    draws = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=cfg.seed))
+    from tuner.models.load import model_adapter
+    from tuner.rome.hparams import preset
+
     out = []
-    for _ in range(min(N_STARTUP, max(1, budget // 5)) if space.dimensions else 0):
+    if space.dimensions:  # warm start: ROME's textbook setting is trial 0, so the sampler learns from it
+        textbook = preset("textbook", cfg.hparams, n_layers=model_adapter(cfg.model)[1])
+        out.append(space.clip(textbook))
+        for params in warm or []:  # --warm-start-from: another study's best trials
+            clipped = space.clip(params)
+            if clipped and clipped not in out:
+                out.append(clipped)
+    draws = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=cfg.seed))
+    for _ in range(min(N_STARTUP, max(1, budget // 5)) - len(out) if space.dimensions else 0):
         trial = draws.ask()
         space.suggest(trial, cfg.hparams)
         params = dict(trial.params)
@@ -147,8 +158,26 @@ def startup_params(cfg: StudyConfig, space: SearchSpace, budget: int,
     return out
 
 
+def warm_start_params(storage: Any, url: str, name: str, top: int = 5) -> list[dict[str, Any]]:
+    """The parameters of study ``name``'s ``top`` best complete feasible trials (best first)."""
+    import optuna
+
+    from tuner.study.objective import feasible
+
+    if name not in study_names(storage):
+        raise StudyError(f"--warm-start-from: study {name!r} not found in {redact(url)}")
+    study = optuna.load_study(study_name=name, storage=storage)
+    done = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            if feasible(t) and t.values is not None]
+    if len(study.directions) == 1:
+        sign = -1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1
+        done.sort(key=lambda t: sign * t.value)
+    return [dict(t.params) for t in done[:top]]
+
+
 def create_or_resume(storage: Any, url: str, cfg: StudyConfig, name: str, budget: int,
-                     trace: dict[str, Any] | None = None, top_k: int = 2) -> tuple[Any, bool]:
+                     trace: dict[str, Any] | None = None, top_k: int = 2,
+                     warm: list[dict[str, Any]] | None = None) -> tuple[Any, bool]:
     """(study, created). Refuses to resume a study made from a different config."""
     import optuna
 
@@ -179,7 +208,7 @@ def create_or_resume(storage: Any, url: str, cfg: StudyConfig, name: str, budget
                 seeds = [n for n in trace["top_mlp_layers"] if n in allowed][:top_k]
             study.set_user_attr("trace", {**{k: trace[k] for k in ("effects", "top_mlp_layers", "traced", "noise")},
                                           "seeded_layers": seeds or []})
-        for params in startup_params(cfg, space, budget, seeds):
+        for params in startup_params(cfg, space, budget, seeds, warm):
             study.enqueue_trial(params, skip_if_exists=False)
     except BaseException:
         optuna.delete_study(study_name=name, storage=storage)  # never leave a half-made study

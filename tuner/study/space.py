@@ -107,6 +107,24 @@ class SearchSpace:
     def suggest(self, trial: Any, base: ROMEHyperParams) -> ROMEHyperParams:
         return base.replace(**{d.name: d.suggest(trial) for d in self.dimensions})
 
+    def clip(self, values: ROMEHyperParams | dict[str, Any]) -> dict[str, Any]:
+        """The values of the searched knobs (from hyperparameters or another trial's params),
+        each moved into its dimension: a range's nearest bound; a categorical value that is not
+        a choice, or a knob the values lack, is left to the sampler."""
+        get = values.get if isinstance(values, dict) else (lambda name: getattr(values, name))
+        out: dict[str, Any] = {}
+        for d in self.dimensions:
+            value = get(d.name)
+            if value is None:
+                continue
+            if d.kind == "categorical":
+                if value in d.choices:
+                    out[d.name] = value
+            elif d.high is not None and not isinstance(value, (bool, str)):
+                value = min(max(value, d.low), d.high)
+                out[d.name] = int(round(value)) if d.kind == "int" else float(value)
+        return out
+
     def layers(self, fixed: int) -> list[int]:
         """Every layer a trial can edit (after ``bind``): what the statistics are computed for."""
         for d in self.dimensions:

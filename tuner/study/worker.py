@@ -32,7 +32,7 @@ class Counts:
     running: int = 0
     waiting: int = 0
     failed: int = 0
-    infeasible: int = 0  # complete, but with a disabling edit
+    infeasible: int = 0  # complete, but with a disabling edit or a specificity drop beyond the guard
     best: float | None = None  # best complete feasible value (single-objective studies), from the same read
 
     @property
