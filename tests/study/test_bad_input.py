@@ -155,3 +155,23 @@ def test_corrupt_statistics_are_moved_aside_and_recomputed(tiny_editor, tmp_path
     again = second_moment(ed.model, ed.tok, ed.adapter, 0, stats_texts, **kw)
     assert (again - good).abs().max() < 1e-6
     assert list(path.parent.glob("*.corrupt-*"))
+
+
+def test_checkpoint_without_statistics_corpus_runs_with_mom2_off(tmp_path, tiny_models, tiny_tok, env):
+    """A real checkpoint with no statistics corpus and ``mom2_adjustment: false``: the textbook
+    baseline follows the study's setting (it used to force C⁻¹ and fail after writing the study)."""
+    import optuna
+
+    model_dir = tmp_path / "tiny-llama"
+    tiny_models("llama").save_pretrained(model_dir)
+    tiny_tok.save_pretrained(model_dir)
+    cfg = write_study(tmp_path / "ckpt.yaml", name="ckpt", model={"name": str(model_dir)},
+                      hparams={"mom2_adjustment": False, "layer": 1},
+                      search={"layer": {"low": 0, "high": 2}, "v_num_grad_steps": {"low": 5, "high": 6}},
+                      facts={"per_trial": 2})
+    url = f"sqlite:///{tmp_path / 't.db'}"
+    proc = run_cli("launch", "--config", str(cfg), "--trials", "2", "--workers", "1", "--storage", url,
+                   "--no-progress", env=env)
+    assert proc.returncode == 0, proc.stderr
+    study = optuna.load_study(study_name="ckpt", storage=url)
+    assert study.user_attrs["baseline"]["hparams"]["mom2_adjustment"] is False

@@ -148,12 +148,12 @@ def startup_params(cfg: StudyConfig, space: SearchSpace, budget: int,
             if clipped and clipped not in out:
                 out.append(clipped)
     draws = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=cfg.seed))
-    for _ in range(min(N_STARTUP, max(1, budget // 5)) - len(out) if space.dimensions else 0):
+    for i in range(min(N_STARTUP, max(1, budget // 5)) - len(out) if space.dimensions else 0):
         trial = draws.ask()
         space.suggest(trial, cfg.hparams)
         params = dict(trial.params)
-        if layer_seeds and "layer" in params:  # causal-trace seeding: start at the top MLP layers
-            params["layer"] = layer_seeds[len(out) % len(layer_seeds)]
+        if layer_seeds and "layer" in params:  # causal-trace seeding: the draws start at the top MLP layers
+            params["layer"] = layer_seeds[i % len(layer_seeds)]
         out.append(params)
     return out
 
