@@ -129,12 +129,6 @@ def _batched_rows(rows: Any, tokens_per_batch: int) -> Any:
         yield current
 
 
-def compute_second_moment(model: Any, tok: Any, adapter: Adapter, layer: int, texts: Sequence[str], *,
-                          n_samples: int, progress: bool = True) -> tuple[torch.Tensor, int]:
-    """E[k kᵀ] at one layer. Returns (C, count)."""
-    return compute_second_moments(model, tok, adapter, [layer], texts, n_samples=n_samples, progress=progress)[layer]
-
-
 def second_moment(
     model: Any,
     tok: Any,

@@ -93,16 +93,13 @@ class RowUpdates:
             model(**batch)
 
     Row b's output becomes W k + Λ_f (u_fᵀ k) with f = row_fact[b]: what the model with
-    W + Λ_f u_fᵀ computes for that row. A row whose fact index is −1 sees the original weight."""
+    W + Λ_f u_fᵀ computes for that row."""
 
     def __init__(self, model: Any, adapter: Adapter, layer: int, lams: torch.Tensor, us: torch.Tensor) -> None:
         self.model, self.adapter, self.module = model, adapter, adapter.rewrite.format(layer)
         weight = rewrite_weight(model, adapter, layer)
-        zero_l = torch.zeros_like(lams[:1])
-        zero_u = torch.zeros_like(us[:1])
-        # an extra last row of zeros serves fact index −1
-        self.lams = torch.cat([lams, zero_l]).to(device=weight.device, dtype=torch.float32)
-        self.us = torch.cat([us, zero_u]).to(device=weight.device, dtype=torch.float32)
+        self.lams = lams.to(device=weight.device, dtype=torch.float32)
+        self.us = us.to(device=weight.device, dtype=torch.float32)
 
     @contextmanager
     def rows(self, row_fact: torch.Tensor) -> Iterator[None]:
