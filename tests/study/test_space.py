@@ -63,9 +63,9 @@ def test_storage_urls(monkeypatch, tmp_path):
         resolve_url("mysql://u:pw@h/db")
 
 
-def test_textbook_setting_is_the_first_trial(tmp_path, env):
+def test_textbook_and_easyedit_settings_are_the_first_trials(tmp_path, env):
     """Warm start: ROME's textbook values of the searched knobs (clipped into the space) are
-    enqueued as trial 0, before the seeded random draws."""
+    enqueued as trial 0 and the family's EasyEdit defaults as trial 1, before the seeded random draws."""
     import optuna
 
     from tests.conftest import run_cli
@@ -80,7 +80,11 @@ def test_textbook_setting_is_the_first_trial(tmp_path, env):
     first = trials[0].system_attrs["fixed_params"]
     assert first == {"layer": 1, "v_lr": 0.3, "v_weight_decay": 0.5, "v_num_grad_steps": 15,
                      "clamp_norm_factor": 4.0, "kl_factor": 0.0625, "lr_schedule": "constant"}, first
-    assert all(t.system_attrs["fixed_params"] != first for t in trials[1:])
+    # then EasyEdit's Llama defaults (layer 5 of 32 → 0 of 4; 25 steps, v_weight_decay 1e-3)
+    second = trials[1].system_attrs["fixed_params"]
+    assert second == {"layer": 0, "v_lr": 0.3, "v_weight_decay": 0.001, "v_num_grad_steps": 15,
+                      "clamp_norm_factor": 4.0, "kl_factor": 0.0625, "lr_schedule": "constant"}, second
+    assert all(t.system_attrs["fixed_params"] not in (first, second) for t in trials[2:])
 
 
 def test_specificity_guard():
@@ -117,13 +121,13 @@ def test_warm_start_from_another_study(tmp_path, env):
                    env=env)
     assert proc.returncode == 0, proc.stderr
     queued = sorted(optuna.load_study(study_name="b", storage=url).get_trials(deepcopy=False), key=lambda t: t.number)
-    textbook = queued[0].system_attrs["fixed_params"]
+    references = [t.system_attrs["fixed_params"] for t in queued[:2]]  # textbook, EasyEdit
     expected = []
     for t in ranked:
         params = {**t.params, "v_lr": min(t.params["v_lr"], 1.0)}
-        if params != textbook and params not in expected:
+        if params not in references and params not in expected:
             expected.append(params)
-    assert expected and [t.system_attrs["fixed_params"] for t in queued[1:1 + len(expected)]] == expected
+    assert expected and [t.system_attrs["fixed_params"] for t in queued[2:2 + len(expected)]] == expected
     bad = run_cli("launch", "--config", str(second), "--study", "c", "--create-only", "--warm-start-from", "nope",
                   "--storage", url, env=env)
     assert bad.returncode == 2 and "study 'nope' not found" in bad.stderr

@@ -78,6 +78,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     x.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     x.set_defaults(run="tuner.cli.study_commands:delete")
 
+    v = sub.add_parser("validate", help="compare the top trials, ROME's textbook setting and EasyEdit's defaults "
+                                        "on held-out facts",
+                       description="Edit the study's held-out facts (facts.holdout, never tuned on) with its top-K "
+                                   "trials, ROME's textbook setting and the model family's EasyEdit defaults; store "
+                                   "the table in the study and export the best of the top-K on those facts.")
+    v.add_argument("--study", required=True, help="study name")
+    add_storage(v)
+    add_device(v)
+    v.add_argument("--top", type=int, default=5, help="how many of the best trials to validate (default 5)")
+    v.add_argument("--holdout", type=int, help="held-out facts (default: the study's facts.holdout)")
+    v.add_argument("--trust-remote-code", action="store_true", help="consent to run the checkpoint's own code")
+    v.add_argument("--no-progress", action="store_true", help="no progress bars")
+    v.set_defaults(run="tuner.cli.study_commands:validate")
+
     s = sub.add_parser("status", help="counts by state, best trial and workers of a study")
     s.add_argument("--study", help="study name (default: list the studies)")
     add_storage(s)
@@ -92,12 +106,13 @@ def launch(args: argparse.Namespace) -> int:
                       seed_from_trace=args.seed_from_trace, threads=args.threads,
                       warm_start_from=args.warm_start_from)
     if done.finished:
-        summarize(done.study, done.cfg)
+        summarize(done.study, done.cfg, progress=not args.no_progress)
     return done.exit_code
 
 
-def summarize(study: Any, cfg: Any) -> list[Path] | None:
-    """Print the outcome of a finished study, export its best setting and write its report."""
+def summarize(study: Any, cfg: Any, *, progress: bool = True) -> list[Path] | None:
+    """Print the outcome of a finished study, validate it on its held-out facts (when it has
+    them), export its best setting and write its report."""
     from tuner.paths import storage_root
     from tuner.report.html import write_report
     from tuner.study.export import best_trial, export_best
@@ -133,12 +148,38 @@ def summarize(study: Any, cfg: Any) -> list[Path] | None:
         print(f"ROME textbook defaults (layer {hp['layer']}, v_lr {hp['v_lr']}, v_weight_decay {hp['v_weight_decay']}, "
               f"{hp['v_num_grad_steps']} steps) on the same facts: value {base['score']:.4f} "
               f"(final_prob {base['final_prob']:.4f}, rebound {base['rebound']:.4f})")
+    if cfg.facts.holdout:
+        from tuner.study.validate import run_validation, table
+
+        print(table(run_validation(study, cfg, progress=progress)))
     paths = export_best(study, cfg)
     for path in paths:
         print(f"wrote {path}")
     page = write_report(study, cfg, storage_root() / "reports" / study.study_name)
     print(f"wrote {page} (figures also stored in the study for optuna-dashboard)")
     return paths
+
+
+def validate(args: argparse.Namespace) -> int:
+    from tuner.paths import storage_root
+    from tuner.report.html import write_report
+    from tuner.study.export import export_best
+    from tuner.study.setup import load_existing
+    from tuner.study.storage import make_storage, resolve_url
+    from tuner.study.validate import run_validation, table
+    from tuner.study.worker import REMOTE_CODE_ENV, check_remote_code
+
+    url = resolve_url(args.storage)
+    study, cfg = load_existing(make_storage(url, heartbeat=False, create=False), url, args.study)
+    check_remote_code(cfg, args.trust_remote_code or os.environ.get(REMOTE_CODE_ENV) == "1", args.study)
+    record = run_validation(study, cfg, top=args.top, holdout=args.holdout, device=args.device,
+                            progress=not args.no_progress)
+    print(table(record))
+    for path in export_best(study, cfg):
+        print(f"wrote {path}")
+    page = write_report(study, cfg, storage_root() / "reports" / study.study_name)
+    print(f"wrote {page}")
+    return 0
 
 
 def worker(args: argparse.Namespace) -> int:

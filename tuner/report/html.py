@@ -96,7 +96,21 @@ def summary(study: Any, rs: list) -> str:
     if base:
         parts.append(f"<p>ROME textbook hyperparameters on the same facts: objective {base['score']:.4f} "
                      f"(final_prob {base['final_prob']:.4f}, rebound {base['rebound']:.4f}).</p>")
+    record = study.user_attrs.get("holdout")
+    if record:
+        parts.append(holdout_table(record))
     return "\n".join(parts)
+
+
+def holdout_table(record: dict) -> str:
+    """``tuner validate``'s table: the top trials and the references on the held-out facts."""
+    from tuner.study.validate import HEADER, cells, footer
+
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in HEADER)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells(r, record["winner"])) + "</tr>"
+                   for r in record["rows"])
+    return (f"<h3 id='holdout'>Held-out validation on {len(record['facts'])} facts (never tuned on)</h3>"
+            f"<table><tr>{head}</tr>{body}</table><p>{html.escape(footer(record))}</p>")
 
 
 TITLES = {

@@ -227,12 +227,43 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+def _easyedit(layer: int, depth: int, steps: int, weight_decay: float, mom2: bool, source: str) -> Preset:
+    """EasyEdit's shipped ROME setting for one family (``hparams/ROME/<source>.yaml``): its layer
+    index placed at the same fraction of depth, everything else as written there."""
+    return Preset(
+        dict(v_num_grad_steps=steps, v_lr=0.5, v_weight_decay=weight_decay, clamp_norm_factor=4.0,
+             kl_factor=0.0625, mom2_adjustment=mom2, lr_schedule="constant", early_stop_loss=0.05, v_select="last",
+             key_mode="rome", context_templates="easyedit", context_template_length_params=((5, 10), (10, 10))),
+        layer_depth_fraction=layer / (depth - 1),
+        about=f"EasyEdit's ROME defaults for {source} (layer {layer} of {depth}, placed by depth)")
+
+
+EASYEDIT_DEFAULTS: dict[str, Preset] = {
+    "gpt2": _easyedit(17, 48, 20, 0.5, True, "gpt2-xl"),
+    "gptj": _easyedit(5, 28, 20, 0.5, False, "gpt-j-6B"),
+    "llama": _easyedit(5, 32, 25, 1e-3, False, "llama-7b"),
+    "qwen2": _easyedit(5, 28, 25, 1e-3, False, "qwen2-7b"),
+    "mistral": _easyedit(5, 32, 25, 1e-3, False, "mistral-7b"),
+    "chatglm": _easyedit(5, 28, 20, 0.5, False, "chatglm2-6b"),
+    "glm4": _easyedit(5, 40, 25, 1e-3, False, "chatglm4-9b"),
+}
+"""EasyEdit's per-family ROME defaults (the files its users start from), by adapter family. A
+family EasyEdit ships no file for (``gpt_neox``, ``glm``) uses its Llama-7B file."""
+
+
+def easyedit_preset_name(family: str) -> str:
+    return "easyedit-" + (family if family in EASYEDIT_DEFAULTS else "llama")
+
+
 def preset(name: str, base: ROMEHyperParams | None = None, *, n_layers: int | None = None) -> ROMEHyperParams:
-    """``base`` with preset ``name`` applied (and its layer placed by depth when it sets one)."""
+    """``base`` with preset ``name`` applied (and its layer placed by depth when it sets one):
+    one of ``PRESETS`` or ``easyedit-<family>`` (``EASYEDIT_DEFAULTS``)."""
+    family = name.removeprefix("easyedit-")
     try:
-        p = PRESETS[name]
+        p = EASYEDIT_DEFAULTS[family] if name.startswith("easyedit-") else PRESETS[name]
     except KeyError:
-        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None
+        known = [*PRESETS, *(f"easyedit-{f}" for f in EASYEDIT_DEFAULTS)]
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(known)}") from None
     values = dict(p.values)
     if p.layer_depth_fraction is not None:
         if n_layers is None:

@@ -58,7 +58,9 @@ class StudyConfig:
     search: SearchSpace = field(default_factory=SearchSpace)
     objective: ObjectiveSpec = field(default_factory=ObjectiveSpec)
     sampler: Literal["tpe", "gp", "random"] = "tpe"
-    pruner: Literal["median", "none", "hyperband"] = "median"
+    pruner: Literal["median", "percentile", "hyperband", "wilcoxon", "none"] = "median"
+    """Stops hopeless trials on the v* trajectory (``tuner.study.objective``); the default was
+    chosen by ``bench/search.py`` (README, "Search efficiency")."""
     trials: int = 200
     description: str = ""
     base_dir: str = "."
@@ -115,6 +117,12 @@ class StudyConfig:
         from tuner.facts.selection import select_facts
 
         return select_facts(self.facts, self.resolve(self.facts.path))
+
+    def select_holdout(self) -> list[Any]:
+        """The held-out facts (``facts.holdout``), disjoint from ``select_facts()``."""
+        from tuner.facts.selection import select_holdout
+
+        return select_holdout(self.facts, self.resolve(self.facts.path))
 
     def build_default_model(self, *, seed: int = 0, force: bool = False, progress: bool = True) -> Path:
         """Train (or reuse) the embedded default model this study names."""

@@ -89,19 +89,27 @@ def _write_easyedit(path: Path, study: Any, trial: Any, cfg: StudyConfig, hp: RO
 
 
 def export_best(study: Any, cfg: StudyConfig, *, out_dir: Path | None = None) -> list[Path]:
-    """``study.yaml`` (the best setting fixed), ``rome_hparams.yaml`` (the best trial) and
+    """``study.yaml`` (the best setting fixed), ``rome_hparams.yaml`` (the best trial — the best
+    on the held-out facts when the study was validated, ``tuner.study.validate``) and
     ``rome_hparams_easyedit.yaml`` (the best trial EasyEdit can reproduce, when there is one)."""
     from tuner.models.load import model_adapter
 
-    trial = best_trial(study)
+    from tuner.study.validate import holdout_winner
+
+    trial, what = best_trial(study), "the best trial"
+    validated = holdout_winner(study)
+    if validated is not None:
+        trial, record = validated
+        what = (f"the best on {len(record['facts'])} held-out facts of the top {record['top']} trials "
+                f"(best on the tuning facts: trial {best_trial(study).number})")
     adapter, n_layers = model_adapter(cfg.model)
     hp = ROMEHyperParams.from_dict(trial.user_attrs["hparams"])
     out = out_dir or storage_root() / "best" / study.study_name
     best_cfg = cfg.replace(hparams=hp, search=SearchSpace(),
-                           description=f"best of study {study.study_name!r}: trial {trial.number}, value {trial.values}")
+                           description=f"{what} of study {study.study_name!r}: trial {trial.number}, value {trial.values}")
     written = [out / "study.yaml", out / "rome_hparams.yaml"]
     atomic_write_text(written[0], best_cfg.to_yaml())
-    _write_easyedit(written[1], study, trial, cfg, hp, adapter, n_layers, "the best trial")
+    _write_easyedit(written[1], study, trial, cfg, hp, adapter, n_layers, what)
     try:
         twin = best_trial(study, where=lambda t: ROMEHyperParams.from_dict(t.user_attrs["hparams"])
                           .reproducible_in_easyedit())

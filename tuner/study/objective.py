@@ -79,6 +79,8 @@ def specificity_violation(per_fact: list[dict[str, Any]], obj: ObjectiveSpec) ->
     return round(drop - obj.max_specificity_drop, 6)
 PRUNE_EVERY = 5
 """Optimisation steps between two intermediate values reported to the pruner."""
+WILCOXON_AT = 4 * PRUNE_EVERY
+"""Forward passes after which ``pruner: wilcoxon`` compares the facts' P(new) with the best trial's."""
 
 
 def _rounded(x: Any) -> Any:
@@ -93,18 +95,28 @@ class Objective:
         self.worker = {"host": socket.gethostname(), "pid": os.getpid(), "device": device}
         self.current: int | None = None  # number of the trial being run, for interrupt handling
 
-    def _on_step(self, trial: Any, step: int, probs: list[float]) -> None:
-        """After every forward pass of the v* optimisation: the interrupt checkpoint, and every
-        ``PRUNE_EVERY`` steps the mean P(new) so far as the pruner's intermediate value."""
+    def _on_step(self, trial: Any, step: int, probs: list[float], n_steps: int) -> None:
+        """After every forward pass of the v* optimisation: the interrupt checkpoint, and the
+        pruner's intermediate values: every ``PRUNE_EVERY`` steps the mean P(new) so far (step =
+        forward passes), or for ``pruner: wilcoxon`` each fact's P(new) once, after
+        ``WILCOXON_AT`` forward passes (step = the fact's index: facts are its paired instances)."""
         import optuna
 
         checkpoint()  # Ctrl-C / SIGTERM take effect here
-        if self.cfg.objective.multi_objective or (step + 1) % PRUNE_EVERY:
+        done = step + 1
+        if self.cfg.objective.multi_objective or self.cfg.pruner == "none":
             return
-        value = sum(probs) / len(probs)
-        trial.report(value, step=step + 1)
+        if self.cfg.pruner == "wilcoxon":
+            if done != min(WILCOXON_AT, n_steps):
+                return
+            for i, p in enumerate(probs):
+                trial.report(p, step=i)
+        elif done % PRUNE_EVERY:
+            return
+        else:
+            trial.report(sum(probs) / len(probs), step=done)
         if trial.should_prune():
-            raise optuna.TrialPruned(f"mean P(new) {value:.4f} after {step + 1} steps")
+            raise optuna.TrialPruned(f"mean P(new) {sum(probs) / len(probs):.4f} after {done} steps")
 
     def __call__(self, trial: Any) -> float | tuple[float, float]:
         import optuna
@@ -123,7 +135,10 @@ class Objective:
         try:
             # v* of all K facts in one optimisation, pruned on its trajectory; then every edit
             # scored alone (in shared batches)
-            plans = self.editor.plan_many(self.facts, hp, on_step=lambda step, probs: self._on_step(trial, step, probs))
+            def on_step(step: int, probs: list[float]) -> None:
+                self._on_step(trial, step, probs, hp.v_num_grad_steps)
+
+            plans = self.editor.plan_many(self.facts, hp, on_step=on_step)
             checkpoint()
             results = self.editor.evaluate_many(self.facts, hp, plans)
             for i, (fact, result) in enumerate(zip(self.facts, results)):

@@ -115,7 +115,12 @@ def make_pruner(cfg: StudyConfig) -> Any:
     max_steps = int(steps or cfg.hparams.v_num_grad_steps)
     if cfg.pruner == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=PRUNE_EVERY, max_resource=max(PRUNE_EVERY, max_steps))
-    return optuna.pruners.MedianPruner(n_startup_trials=N_STARTUP, n_warmup_steps=4 * PRUNE_EVERY - 1)
+    if cfg.pruner == "wilcoxon":  # per-fact P(new) at one checkpoint, paired with the best trial's facts
+        return optuna.pruners.WilcoxonPruner(p_threshold=0.1, n_startup_steps=cfg.facts.per_trial // 2)
+    warmup = 4 * PRUNE_EVERY - 1
+    if cfg.pruner == "percentile":  # looser than the median: only a trial below the 25th percentile stops
+        return optuna.pruners.PercentilePruner(25.0, n_startup_trials=N_STARTUP, n_warmup_steps=warmup)
+    return optuna.pruners.MedianPruner(n_startup_trials=N_STARTUP, n_warmup_steps=warmup)
 
 
 def directions(cfg: StudyConfig) -> list[str]:
@@ -130,19 +135,22 @@ def metric_names(cfg: StudyConfig) -> list[str]:
 
 def startup_params(cfg: StudyConfig, space: SearchSpace, budget: int,
                    layer_seeds: list[int] | None = None, warm: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
-    """The first trials, identical whatever the number of workers: ROME's textbook setting (its
-    searched values, clipped into the space), the ``warm`` trials (another study's best), then draws by Optuna's RandomSampler (seeded with
+    """The first trials, identical whatever the number of workers: ROME's textbook setting and
+    the model family's EasyEdit defaults (their searched values, clipped into the space), the ``warm`` trials (another study's best), then draws by Optuna's RandomSampler (seeded with
     the study's seed) through the same ``suggest`` as every trial, all enqueued at creation. At
     most a fifth of the budget, so retried trials (queued behind them) still run."""
     import optuna
 
     from tuner.models.load import model_adapter
-    from tuner.rome.hparams import preset
+    from tuner.rome.hparams import easyedit_preset_name, preset
 
     out = []
-    if space.dimensions:  # warm start: ROME's textbook setting is trial 0, so the sampler learns from it
-        textbook = preset("textbook", cfg.hparams, n_layers=model_adapter(cfg.model)[1])
-        out.append(space.clip(textbook))
+    if space.dimensions:  # warm start: the settings users start from come first, so the sampler learns from them
+        adapter, depth = model_adapter(cfg.model)
+        for name in ("textbook", easyedit_preset_name(adapter.family)):
+            clipped = space.clip(preset(name, cfg.hparams, n_layers=depth))
+            if clipped not in out:
+                out.append(clipped)
         for params in warm or []:  # --warm-start-from: another study's best trials
             clipped = space.clip(params)
             if clipped and clipped not in out:

@@ -246,6 +246,13 @@ def watch_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
+def check_remote_code(cfg: Any, consent: bool, name: str | None = None) -> None:
+    """A study read from a database never runs a checkpoint's own code without this process's consent."""
+    if cfg.model.trust_remote_code and not consent:
+        raise StudyError(f"study {name or cfg.name!r} runs its checkpoint's own Python code (model.trust_remote_code); "
+                         f"this process runs it only with --trust-remote-code or {REMOTE_CODE_ENV}=1")
+
+
 def run_worker(url: str | None, name: str, *, device: str | None = None, threads: int | None = None,
                quiet: bool = False, seed_offset: int | None = None, parent_pid: int | None = None,
                trust_remote_code: bool = False) -> int:
@@ -274,9 +281,7 @@ def _work(url: str, name: str, *, device: str | None, threads: int | None, quiet
 
     storage = make_storage(url, create=False)
     _, cfg = load_existing(storage, url, name)  # the config is parsed once, here
-    if cfg.model.trust_remote_code and not trust_remote_code:
-        raise StudyError(f"study {name!r} runs its checkpoint's own Python code (model.trust_remote_code); this "
-                         f"worker runs it only with --trust-remote-code or {REMOTE_CODE_ENV}=1")
+    check_remote_code(cfg, trust_remote_code, name)
     space = bound_space(cfg)
     facts = cfg.select_facts()
     loaded = cfg.load_model(device=device, progress=not quiet)
