@@ -1,4 +1,4 @@
-"""ROME (Meng et al. 2022) in files named after the paper's steps.
+"""ROME (Meng et al. 2022) in files named after the paper's steps, and MEMIT on top of them.
 
 - ``hparams``      every hyperparameter declared once (``KNOBS``), named presets
 - ``hooks``        read or edit a module's input/output; hooks always removed
@@ -11,6 +11,7 @@
 - ``compute_v``    v*: the optimised value vector, with the full per-step trajectory; many facts in one batch
 - ``prefix``       the blocks below the edit layer run once and are replayed at every step
 - ``rank_one``     the rank-one update, restored bit-exactly on exit; per-row updates for batched scoring
+- ``memit``        MEMIT (Meng et al. 2023): many facts in one update per layer over a window of layers
 - ``evaluate``     CounterFact metrics and stability measures
 - ``fluency``      generation entropy and the disabling-edit rule
 - ``editor``       ``Editor``: one model loaded once, many edits

@@ -107,6 +107,23 @@ def knob(default: Any, help: str, **spec: Any) -> Any:
 @dataclass(frozen=True)
 class ROMEHyperParams:
     layer: int = knob(1, "index of the MLP whose down-projection is rewritten", min=0, easyedit="layers")
+    method: Literal["rome", "memit", "hybrid"] = knob(
+        "rome", "rome: one rank-one update at `layer`; memit: the window layer … layer+window_size−1 "
+        "(Meng et al. 2023); hybrid: ROME at `layer`, then MEMIT over the window for the facts ROME leaves short")
+    window_size: int = knob(2, "number of MEMIT layers starting at `layer` (memit/hybrid: `layer` is the window's "
+                            "start, the targets z sit at its last layer)", min=1)
+    # MEMIT used λ = 15000 on GPT-J; on the embedded default model efficacy holds for λ ≤ 200 and
+    # falls from 300 on (8 facts, window 0-1: measurements in tuner.rome.memit's docstring).
+    # easyedit stays None: the export writes EasyEdit's ROME hparams, which have no such field
+    # (tests/study/test_export.py loads them strictly); a MEMIT export would name it mom2_update_weight.
+    mom2_update_weight: float = knob(
+        100.0, "MEMIT's λ: ΔW = R Kᵀ (λC + K Kᵀ)⁻¹, how strongly the keys of the "
+        "statistics corpus (C = E[kkᵀ]) are kept unchanged against the edited facts' keys K (EasyEdit MEMIT's "
+        "mom2_update_weight)", min=0, min_open=True)
+    hybrid_min_prob: float = knob(0.5, "hybrid: a fact whose ROME edit leaves P(new | prompt) below this is "
+                                  "edited again with MEMIT", min=0)
+    hybrid_max_rebound: float = knob(0.1, "hybrid: a fact whose v* optimisation rebounds (peak − end of "
+                                     "P(new)) by more than this is edited again with MEMIT", min=0)
     fact_token: Literal["subject_last", "subject_first", "last"] = knob(
         "subject_last", "token whose key selects the subject", easyedit="fact_token")
     v_num_grad_steps: int = knob(20, "forward passes of the v* optimisation (at most one Adam step fewer)", min=1,
