@@ -52,15 +52,50 @@ class EasyEditROMEHyperParams:
     fp16: bool = False
 
 
-def _load_strict(path) -> EasyEditROMEHyperParams:
+@dataclasses.dataclass
+class EasyEditMEMITHyperParams:
+    """EasyEdit's MEMIT hyperparameters (``hparams/MEMIT/*.yaml``), written here, not imported."""
+
+    layers: List[int]
+    layer_selection: str
+    fact_token: str
+    v_num_grad_steps: int
+    v_lr: float
+    v_loss_layer: int
+    v_weight_decay: float
+    clamp_norm_factor: float
+    kl_factor: float
+    mom2_adjustment: bool
+    mom2_update_weight: float
+    rewrite_module_tmp: str
+    layer_module_tmp: str
+    mlp_module_tmp: str
+    attn_module_tmp: str
+    ln_f_module: str
+    lm_head_module: str
+    mom2_dataset: str
+    mom2_n_samples: int
+    mom2_dtype: str
+    alg_name: str
+    device: int
+    model_name: str
+    stats_dir: str
+    max_length: int = 40
+    batch_size: int = 1
+    model_parallel: bool = False
+    fp16: bool = False
+
+
+def _load_strict(path, kind=None):
+    kind = kind or EasyEditROMEHyperParams
     data = yaml.safe_load(path.read_text())
-    hints = typing.get_type_hints(EasyEditROMEHyperParams)
+    hints = typing.get_type_hints(kind)
     assert set(data) <= set(hints), set(data) - set(hints)
     for key, value in data.items():
         hint = hints[key]
         origin = typing.get_origin(hint) or hint
         assert isinstance(value, origin) and not (origin in (int, float) and isinstance(value, bool)), (key, value)
-    return EasyEditROMEHyperParams(**data)
+    return kind(**data)
 
 
 def _study(trials: list[tuple[float, ROMEHyperParams, int]]) -> optuna.Study:
@@ -95,3 +130,23 @@ def test_export_loads_as_easyedit_and_names_what_it_cannot_express(tmp_path):
     assert "CANNOT reproduce" in header and "v_select: best  [last] *" in header
     assert "reproduces this setting" in twin.read_text()
     assert best_hp.layers == [base.layer] and best_hp.v_loss_layer == 3 and best_hp.mom2_n_samples == 100000
+
+
+def test_memit_and_hybrid_export_as_easyedit_memit(tmp_path):
+    """A MEMIT best setting is exported as EasyEdit MEMIT hparams (the window as `layers`, λ as
+    mom2_update_weight); a hybrid one as both files, each saying EasyEdit cannot run the hybrid."""
+    base = ROMEHyperParams()
+    memit = base.replace(method="memit", layer=1, window_size=3, mom2_update_weight=250.0)
+    paths = export_best(_study([(0.9, memit, 0), (0.5, base, 0)]), StudyConfig(), out_dir=tmp_path / "m")
+    assert [p.name for p in paths] == ["study.yaml", "memit_hparams.yaml", "rome_hparams_easyedit.yaml"]
+    hp = _load_strict(paths[1], EasyEditMEMITHyperParams)
+    assert hp.alg_name == "MEMIT" and hp.layers == [1, 2, 3] and hp.mom2_update_weight == 250.0
+    assert hp.v_lr == memit.v_lr and hp.clamp_norm_factor == memit.clamp_norm_factor
+    assert "EasyEdit reproduces this setting" in paths[1].read_text()
+    assert _load_strict(paths[2]).layers == [base.layer]  # the best ROME setting beside it
+    hybrid = base.replace(method="hybrid", window_size=2)
+    paths = export_best(_study([(0.9, hybrid, 0)]), StudyConfig(), out_dir=tmp_path / "h")
+    assert [p.name for p in paths] == ["study.yaml", "rome_hparams.yaml", "memit_hparams.yaml"]
+    for path in paths[1:]:
+        assert "CANNOT reproduce" in path.read_text() and "method: hybrid" in path.read_text()
+    assert _load_strict(paths[2], EasyEditMEMITHyperParams).layers == [1, 2]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import Literal
 from pathlib import Path
 
 from tuner.errors import ConfigError
@@ -22,6 +23,10 @@ class FactSpec:
     holdout: int = 0
     """Facts never tuned on (seeded, disjoint from the tuning facts): the top trials, ROME's
     textbook setting and EasyEdit's defaults are compared on them (``tuner validate``)."""
+
+    mode: Literal["independent", "batch", "sequential"] = "independent"
+    """How a trial's facts are written (``tuner.rome.modes``): each alone on the original model,
+    all at once, or one after another with every fact scored again at the end."""
 
     def __post_init__(self) -> None:
         if self.per_trial < 1:

@@ -241,9 +241,17 @@ class Editor:
 
     def _result(self, fact: Fact, hp: ROMEHyperParams, plan: EditPlan, pre: dict[str, Any], post: dict[str, Any],
                 entropy: float, update_norm: float) -> EditResult:
-        metrics = {**edit_metrics(pre["scores"], post), **stability_metrics(plan.v.trajectory, plan.v.selected_step),
-                   "early_stopped": plan.v.early_stopped, "update_norm": update_norm,
-                   "division_factor": plan.division_factor, "gen_entropy_pre": pre["gen_entropy"],
+        return self.result(fact, hp, plan.v, pre, post, entropy, update_norm, division_factor=plan.division_factor,
+                           templates=plan.templates, timings=plan.timings)
+
+    def result(self, fact: Fact, hp: ROMEHyperParams, v: VResult, pre: dict[str, Any], post: dict[str, Any],
+               entropy: float, update_norm: float, *, division_factor: float | None, templates: list[str],
+               timings: dict[str, float]) -> EditResult:
+        """An edit's metrics from its scores before (``pre_scores``) and after, its optimisation
+        and the size of the update (``tuner.rome.modes`` builds them for every method and mode)."""
+        metrics = {**edit_metrics(pre["scores"], post), **stability_metrics(v.trajectory, v.selected_step),
+                   "early_stopped": v.early_stopped, "update_norm": update_norm,
+                   "division_factor": division_factor, "gen_entropy_pre": pre["gen_entropy"],
                    "gen_entropy": entropy, "gen_entropy_drop": pre["gen_entropy"] - entropy}
         metrics["disabling_edit"] = is_disabling(metrics)
-        return EditResult(fact.case_id, hp, metrics, plan.v.trajectory, plan.timings, plan.templates)
+        return EditResult(fact.case_id, hp, metrics, v.trajectory, timings, templates)

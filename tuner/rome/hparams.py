@@ -49,6 +49,9 @@ class Knob:
     """For a knob EasyEdit has no key for: the value EasyEdit behaves as (``ANY``: the knob does
     not change what EasyEdit would compute, e.g. a seed). A setting is reproducible in EasyEdit
     when every such knob has that value."""
+    when: tuple[str, tuple[Any, ...]] | None = None
+    """``(knob, values)``: this knob only matters while ``knob`` has one of ``values`` (a
+    conditional search dimension: searched only then)."""
     flag: str | None = None
     """``tuner edit`` flag name without dashes (default: the name with ``-``); ``""``: no flag."""
     type: Any = None
@@ -109,9 +112,11 @@ class ROMEHyperParams:
     layer: int = knob(1, "index of the MLP whose down-projection is rewritten", min=0, easyedit="layers")
     method: Literal["rome", "memit", "hybrid"] = knob(
         "rome", "rome: one rank-one update at `layer`; memit: the window layer … layer+window_size−1 "
-        "(Meng et al. 2023); hybrid: ROME at `layer`, then MEMIT over the window for the facts ROME leaves short")
+        "(Meng et al. 2023); hybrid: ROME at `layer`, then MEMIT over the window for the facts ROME leaves short",
+        easyedit_behaviour="rome")
     window_size: int = knob(2, "number of MEMIT layers starting at `layer` (memit/hybrid: `layer` is the window's "
-                            "start, the targets z sit at its last layer)", min=1)
+                            "start, the targets z sit at its last layer)", min=1,
+                            when=("method", ("memit", "hybrid")))
     # MEMIT used λ = 15000 on GPT-J; on the embedded default model efficacy holds for λ ≤ 200 and
     # falls from 300 on (8 facts, window 0-1: measurements in tuner.rome.memit's docstring).
     # easyedit stays None: the export writes EasyEdit's ROME hparams, which have no such field
@@ -119,11 +124,12 @@ class ROMEHyperParams:
     mom2_update_weight: float = knob(
         100.0, "MEMIT's λ: ΔW = R Kᵀ (λC + K Kᵀ)⁻¹, how strongly the keys of the "
         "statistics corpus (C = E[kkᵀ]) are kept unchanged against the edited facts' keys K (EasyEdit MEMIT's "
-        "mom2_update_weight)", min=0, min_open=True)
+        "mom2_update_weight)", min=0, min_open=True, when=("method", ("memit", "hybrid")))
     hybrid_min_prob: float = knob(0.5, "hybrid: a fact whose ROME edit leaves P(new | prompt) below this is "
-                                  "edited again with MEMIT", min=0)
+                                  "edited again with MEMIT", min=0, when=("method", ("hybrid",)))
     hybrid_max_rebound: float = knob(0.1, "hybrid: a fact whose v* optimisation rebounds (peak − end of "
-                                     "P(new)) by more than this is edited again with MEMIT", min=0)
+                                     "P(new)) by more than this is edited again with MEMIT", min=0,
+                                     when=("method", ("hybrid",)))
     fact_token: Literal["subject_last", "subject_first", "last"] = knob(
         "subject_last", "token whose key selects the subject", easyedit="fact_token")
     v_num_grad_steps: int = knob(20, "forward passes of the v* optimisation (at most one Adam step fewer)", min=1,
@@ -230,8 +236,8 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     "textbook": Preset(
-        dict(v_num_grad_steps=20, v_lr=0.5, v_weight_decay=0.5, clamp_norm_factor=4.0, kl_factor=0.0625,
-             lr_schedule="constant", early_stop_loss=0.05, v_select="last", key_mode="rome"),
+        dict(method="rome", v_num_grad_steps=20, v_lr=0.5, v_weight_decay=0.5, clamp_norm_factor=4.0,
+             kl_factor=0.0625, lr_schedule="constant", early_stop_loss=0.05, v_select="last", key_mode="rome"),
         layer_depth_fraction=17 / 48,
         about="ROME's published GPT-2 XL / GPT-J settings: the baseline every study is compared with "
               "(mom2_adjustment as the study sets it, so a study without a statistics corpus has one too)"),
@@ -248,7 +254,7 @@ def _easyedit(layer: int, depth: int, steps: int, weight_decay: float, mom2: boo
     """EasyEdit's shipped ROME setting for one family (``hparams/ROME/<source>.yaml``): its layer
     index placed at the same fraction of depth, everything else as written there."""
     return Preset(
-        dict(v_num_grad_steps=steps, v_lr=0.5, v_weight_decay=weight_decay, clamp_norm_factor=4.0,
+        dict(method="rome", v_num_grad_steps=steps, v_lr=0.5, v_weight_decay=weight_decay, clamp_norm_factor=4.0,
              kl_factor=0.0625, mom2_adjustment=mom2, lr_schedule="constant", early_stop_loss=0.05, v_select="last",
              key_mode="rome", context_templates="easyedit", context_template_length_params=((5, 10), (10, 10))),
         layer_depth_fraction=layer / (depth - 1),

@@ -63,6 +63,17 @@ def easyedit_hparams(cfg: StudyConfig, hp: ROMEHyperParams, adapter: Adapter, n_
 
 
 EASYEDIT_MOM2_N_SAMPLES = 100000
+MEMIT_ONLY = ("method", "window_size", "mom2_update_weight")
+"""Knobs the MEMIT file expresses itself (``layers`` is the window, λ has EasyEdit MEMIT's key)."""
+
+
+def easyedit_memit_hparams(cfg: StudyConfig, hp: ROMEHyperParams, adapter: Adapter, n_layers: int) -> dict[str, Any]:
+    """EasyEdit's MEMIT hparams: the v* knobs as for ROME, the window as ``layers``, λ."""
+    d = easyedit_hparams(cfg, hp, adapter, n_layers)
+    d.pop("context_template_length_params", None)  # EasyEdit's MEMIT has no such field
+    top = min(hp.layer, n_layers - hp.window_size)
+    return {**d, "alg_name": "MEMIT", "layers": list(range(top, top + hp.window_size)), "layer_selection": "all",
+            "mom2_update_weight": hp.mom2_update_weight}
 
 
 def not_expressible(hp: ROMEHyperParams) -> dict[str, Any]:
@@ -71,20 +82,35 @@ def not_expressible(hp: ROMEHyperParams) -> dict[str, Any]:
 
 
 def _write_easyedit(path: Path, study: Any, trial: Any, cfg: StudyConfig, hp: ROMEHyperParams, adapter: Adapter,
-                    n_layers: int, what: str) -> None:
-    lines = [f"# EasyEdit ROME hyperparameters from rome-tuner study {study.study_name!r}: {what}, trial "
+                    n_layers: int, what: str, alg: str = "ROME") -> None:
+    memit = alg == "MEMIT"
+    expressible = hp.replace(method="rome").reproducible_in_easyedit() if memit else hp.reproducible_in_easyedit()
+    if hp.method == "hybrid":
+        expressible = False
+    lines = [f"# EasyEdit {alg} hyperparameters from rome-tuner study {study.study_name!r}: {what}, trial "
              f"{trial.number} (value {', '.join(f'{v:.4f}' for v in trial.values)}).",
-             "# EasyEdit " + ("reproduces this setting." if hp.reproducible_in_easyedit() else
+             "# EasyEdit " + ("reproduces this setting." if expressible else
                               "CANNOT reproduce this setting: it has no key for the starred knobs below."),
              "# rome-tuner knobs EasyEdit has no key for (EasyEdit's behaviour in brackets):"]
+    if hp.method == "hybrid":
+        lines.append(f"#   method: hybrid  [no such method] * — ROME at layer {hp.layer} (rome_hparams.yaml), then "
+                     "MEMIT (memit_hparams.yaml) for the facts whose ROME edit falls short: P(new) < "
+                     f"{hp.hybrid_min_prob} or rebound > {hp.hybrid_max_rebound}")
+    if memit:
+        lines.append("# clamp_norm_factor and v_weight_decay: rome-tuner measures δ against the MLP output's norm "
+                     "(as ROME does), EasyEdit's MEMIT against the hidden state's: the same number allows a larger δ "
+                     "there.")
     for name, value in not_expressible(hp).items():
+        if memit and name in MEMIT_ONLY or name.startswith("hybrid_") or name == "method":
+            continue
         k = KNOBS[name]
         behaves = "any value" if k.easyedit_behaviour is ANY else k.easyedit_behaviour
         star = "" if k.easyedit_behaviour is ANY or value == k.easyedit_behaviour else " *"
         lines.append(f"#   {name}: {value}  [{behaves}]{star}")
     lines.append(f"# mom2_n_samples below is ROME's Wikipedia document count; rome-tuner's C used "
                  f"{hp.mom2_n_tokens} tokens of its own corpus.")
-    body = yaml.safe_dump(easyedit_hparams(cfg, hp, adapter, n_layers), sort_keys=False)
+    make = easyedit_memit_hparams if memit else easyedit_hparams
+    body = yaml.safe_dump(make(cfg, hp, adapter, n_layers), sort_keys=False)
     atomic_write_text(path, "\n".join(lines) + "\n" + body)
 
 
@@ -93,8 +119,6 @@ def export_best(study: Any, cfg: StudyConfig, *, out_dir: Path | None = None) ->
     on the held-out facts when the study was validated, ``tuner.study.validate``) and
     ``rome_hparams_easyedit.yaml`` (the best trial EasyEdit can reproduce, when there is one)."""
     from tuner.models.load import model_adapter
-
-    from tuner.study.validate import holdout_winner
 
     trial, what = best_trial(study), "the best trial"
     validated = holdout_winner(study)
@@ -107,15 +131,35 @@ def export_best(study: Any, cfg: StudyConfig, *, out_dir: Path | None = None) ->
     out = out_dir or storage_root() / "best" / study.study_name
     best_cfg = cfg.replace(hparams=hp, search=SearchSpace(),
                            description=f"{what} of study {study.study_name!r}: trial {trial.number}, value {trial.values}")
-    written = [out / "study.yaml", out / "rome_hparams.yaml"]
+    written = [out / "study.yaml"]
     atomic_write_text(written[0], best_cfg.to_yaml())
-    _write_easyedit(written[1], study, trial, cfg, hp, adapter, n_layers, what)
+    if hp.method in ("rome", "hybrid"):
+        written.append(out / "rome_hparams.yaml")
+        _write_easyedit(written[-1], study, trial, cfg, hp, adapter, n_layers, what)
+    if hp.method in ("memit", "hybrid"):
+        written.append(out / "memit_hparams.yaml")
+        _write_easyedit(written[-1], study, trial, cfg, hp, adapter, n_layers, what, alg="MEMIT")
     try:
         twin = best_trial(study, where=lambda t: ROMEHyperParams.from_dict(t.user_attrs["hparams"])
                           .reproducible_in_easyedit())
     except StudyError:
         return written
     written.append(out / "rome_hparams_easyedit.yaml")
-    _write_easyedit(written[2], study, twin, cfg, ROMEHyperParams.from_dict(twin.user_attrs["hparams"]), adapter,
+    _write_easyedit(written[-1], study, twin, cfg, ROMEHyperParams.from_dict(twin.user_attrs["hparams"]), adapter,
                     n_layers, "the best trial EasyEdit can reproduce")
     return written
+
+
+HOLDOUT = "holdout"
+"""The study user attribute holding the last held-out validation (``tuner.study.validate``)."""
+
+
+def holdout_winner(study: Any) -> tuple[Any, dict[str, Any]] | None:
+    """(trial, record) of the stored validation's winner, when there is one."""
+    record = study.user_attrs.get(HOLDOUT)
+    if not record or record.get("winner") is None:
+        return None
+    for t in study.get_trials(deepcopy=False):
+        if t.number == record["winner"]:
+            return t, record
+    raise StudyError(f"study {study.study_name!r}: the validated trial #{record['winner']} is missing")

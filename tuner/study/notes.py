@@ -8,7 +8,7 @@ from tuner.rome.hparams import KNOBS, ROMEHyperParams
 
 FACT_COLUMNS = ("case_id", "final_prob", "peak_prob", "rebound", "efficacy", "paraphrase", "specificity",
                 "n_steps", "early_stopped", "update_norm", "division_factor", "gen_entropy_drop", "disabling_edit",
-                "seconds")
+                "memit_pass", "prob_at_edit", "efficacy_at_edit", "seconds")
 
 
 def _cell(value: Any) -> str:

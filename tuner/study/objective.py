@@ -6,7 +6,8 @@
 peak − end of the optimisation trajectory. The K facts' v* are optimised together in one batch
 (``Editor.plan_many``); every ``PRUNE_EVERY`` steps their mean P(new) is reported, so the
 pruner can stop a hopeless trial before it pays for the rest of the optimisation. Each edit is
-then scored alone (``Editor.evaluate_many``). The trial value is the mean over facts.
+then scored alone (``Editor.evaluate_many``) — or, with ``facts.mode`` batch or sequential,
+every fact on the final model (``tuner.rome.modes``). The trial value is the mean over facts.
 Everything needed to reproduce the trial lands in its user attributes."""
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ from tuner.study.space import SearchSpace
 STORED_METRICS = ("final_prob", "pre_prob", "true_prob", "efficacy", "paraphrase", "paraphrase_prob", "specificity",
                   "specificity_pre", "neighborhood_drop", "peak_prob", "peak_step", "opt_final_prob", "selected_step", "n_steps",
                   "rebound", "oscillation", "final_loss", "early_stopped", "update_norm", "division_factor",
-                  "gen_entropy", "gen_entropy_drop", "disabling_edit")
-"""The per-fact metrics stored in a trial's ``per_fact`` attribute."""
+                  "gen_entropy", "gen_entropy_drop", "disabling_edit", "memit_pass")
+"""The per-fact metrics stored in a trial's ``per_fact`` attribute (sequential mode adds
+``prob_at_edit`` and ``efficacy_at_edit``: right after the fact's own edit)."""
+AT_EDIT = ("prob_at_edit", "efficacy_at_edit")
 MEAN_METRICS = ("final_prob", "rebound", "peak_prob", "efficacy", "specificity", "paraphrase", "oscillation",
                 "final_loss", "n_steps", "early_stopped", "update_norm", "gen_entropy_drop", "disabling_edit")
 
@@ -121,6 +124,7 @@ class Objective:
     def __call__(self, trial: Any) -> float | tuple[float, float]:
         import optuna
 
+        from tuner.rome.modes import run_edits
         from tuner.study.notes import save_trial_note
 
         self.current = trial.number
@@ -138,14 +142,13 @@ class Objective:
             def on_step(step: int, probs: list[float]) -> None:
                 self._on_step(trial, step, probs, hp.v_num_grad_steps)
 
-            plans = self.editor.plan_many(self.facts, hp, on_step=on_step)
-            checkpoint()
-            results = self.editor.evaluate_many(self.facts, hp, plans)
+            results = run_edits(self.editor, self.facts, hp, self.cfg.facts.mode, on_step=on_step)
             for i, (fact, result) in enumerate(zip(self.facts, results)):
                 result.metrics["disabling_edit"] = disabling(result.metrics, obj)
                 if i == 0:
                     trial.set_user_attr("context_templates", result.context_templates)
                 m = {k: _rounded(result.metrics[k]) for k in STORED_METRICS}
+                m.update({k: _rounded(result.metrics[k]) for k in AT_EDIT if k in result.metrics})
                 m["case_id"] = fact.case_id
                 m["seconds"] = m["compute_seconds"] = round(sum(result.timings.values()), 4)  # its share
                 if not math.isfinite(result.metrics["final_prob"]):
@@ -179,8 +182,11 @@ class Objective:
             if per_fact:
                 save_trial_note(trial, per_fact, hp)
                 n = len(per_fact)
-                trial.set_user_attr("mean", {k: _rounded(sum(m[k] or 0.0 for m in per_fact) / n)
-                                             for k in MEAN_METRICS})
+                mean = {k: _rounded(sum(m[k] or 0.0 for m in per_fact) / n) for k in MEAN_METRICS}
+                kept = [m["efficacy"] for m in per_fact if m.get("efficacy_at_edit")]
+                if kept:  # sequential: of the facts edited successfully, the share still edited at the end
+                    mean["retention"] = _rounded(sum(kept) / len(kept))
+                trial.set_user_attr("mean", mean)
         if obj.multi_objective:
             n = len(per_fact)
             stability = sum(stability_score(m, obj) for m in per_fact) / n

@@ -84,6 +84,11 @@ def bound_space(cfg: StudyConfig) -> SearchSpace:
     space = cfg.search.bind(depth)
     if "layer" not in space.names and cfg.hparams.layer >= depth:
         raise ConfigError(f"hparams.layer {cfg.hparams.layer} exceeds the model's {depth} layers")
+    hp = cfg.hparams
+    if (hp.method != "rome" and "method" not in space.names and "layer" not in space.names
+            and "window_size" not in space.names and hp.layer + hp.window_size > depth):
+        raise ConfigError(f"hparams.layer {hp.layer} + window_size {hp.window_size} exceeds the model's {depth} "
+                          f"layers (MEMIT's window must end at layer {depth - 1} or below)")
     return space
 
 

@@ -60,6 +60,8 @@ class Dimension:
 @dataclass(frozen=True)
 class SearchSpace:
     dimensions: tuple[Dimension, ...] = ()
+    n_layers: int | None = None
+    """The model's depth, known after ``bind``."""
 
     @classmethod
     def parse(cls, search: dict[str, Any], *, where: str = "search") -> tuple[SearchSpace, dict[str, Any]]:
@@ -102,10 +104,21 @@ class SearchSpace:
                 raise ConfigError(f"search.layer: choices {list(d.choices)} exceed the model's {n_layers} layers "
                                   f"(0-{n_layers - 1})")
             dims.append(d)
-        return SearchSpace(tuple(dims))
+        return SearchSpace(tuple(dims), n_layers)
 
     def suggest(self, trial: Any, base: ROMEHyperParams) -> ROMEHyperParams:
-        return base.replace(**{d.name: d.suggest(trial) for d in self.dimensions})
+        """Optuna's values for this trial. A conditional knob (``Knob.when``) is asked for only
+        while its condition holds (MEMIT's window only for memit/hybrid), so the sampler sees a
+        conditional space; a window that would run past the last layer is moved down to end there."""
+        values: dict[str, Any] = {}
+        for d in sorted(self.dimensions, key=lambda d: KNOBS[d.name].when is not None):
+            when = KNOBS[d.name].when
+            if when is None or values.get(when[0], getattr(base, when[0])) in when[1]:
+                values[d.name] = d.suggest(trial)
+        hp = base.replace(**values)
+        if hp.method != "rome" and self.n_layers is not None and hp.layer + hp.window_size > self.n_layers:
+            hp = hp.replace(layer=max(0, self.n_layers - hp.window_size))
+        return hp
 
     def clip(self, values: ROMEHyperParams | dict[str, Any]) -> dict[str, Any]:
         """The values of the searched knobs (from hyperparameters or another trial's params),
@@ -125,12 +138,24 @@ class SearchSpace:
                 out[d.name] = int(round(value)) if d.kind == "int" else float(value)
         return out
 
-    def layers(self, fixed: int) -> list[int]:
-        """Every layer a trial can edit (after ``bind``): what the statistics are computed for."""
-        for d in self.dimensions:
-            if d.name == "layer":
-                return sorted(d.choices) if d.kind == "categorical" else list(range(int(d.low), int(d.high) + 1))
-        return [fixed]
+    def layers(self, base: ROMEHyperParams) -> list[int]:
+        """Every layer a trial can edit (after ``bind``): what the statistics are computed for,
+        MEMIT's windows included when ``method`` is or may be memit/hybrid."""
+        dims = {d.name: d for d in self.dimensions}
+
+        def values(name: str) -> list[Any]:
+            d = dims.get(name)
+            if d is None:
+                return [getattr(base, name)]
+            return sorted(d.choices) if d.kind == "categorical" else list(range(int(d.low), int(d.high) + 1))
+
+        widths = values("window_size") if set(values("method")) - {"rome"} else [1]
+        out = set()
+        for layer in values("layer"):
+            for width in widths:
+                start = layer if self.n_layers is None else max(0, min(layer, self.n_layers - width))
+                out.update(range(start, start + width))  # as ``suggest`` moves a window past the top
+        return sorted(out)
 
     @property
     def names(self) -> list[str]:

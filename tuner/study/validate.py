@@ -19,13 +19,12 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from tuner.errors import ConfigError, EditError, StudyError
+from tuner.errors import ConfigError, EditError
 from tuner.rome.hparams import ROMEHyperParams, easyedit_preset_name, preset
 from tuner.study.config import StudyConfig
+from tuner.study.export import HOLDOUT, best_trial
 
 log = logging.getLogger(__name__)
-HOLDOUT = "holdout"
-"""The study user attribute holding the last validation."""
 COLUMNS = ("score", "efficacy", "final_prob", "paraphrase", "specificity", "specificity_pre", "rebound", "disabling")
 """Per setting, means over the held-out facts (``disabling``: how many edits were disabling)."""
 
@@ -55,9 +54,10 @@ def candidates(study: Any, cfg: StudyConfig, top: int, family: str, n_layers: in
 
 def score_setting(editor: Any, cfg: StudyConfig, facts: list[Any], hp: ROMEHyperParams) -> dict[str, Any]:
     """One setting on the held-out facts: the study's objective, its constraints, the means."""
+    from tuner.rome.modes import run_edits
     from tuner.study.objective import disabling, fact_score, specificity_violation
 
-    metrics = [r.metrics for r in editor.edit_many(facts, hp)]
+    metrics = [r.metrics for r in run_edits(editor, facts, hp, cfg.facts.mode)]
     for m in metrics:
         m["disabling_edit"] = disabling(m, cfg.objective)
     n = len(metrics)
@@ -76,8 +76,6 @@ def score_setting(editor: Any, cfg: StudyConfig, facts: list[Any], hp: ROMEHyper
 def run_validation(study: Any, cfg: StudyConfig, *, top: int = 5, holdout: int | None = None,
                    device: str | None = None, progress: bool = True, loaded: Any = None) -> dict[str, Any]:
     """Validate and store the result in the study; returns the stored record."""
-    from tuner.study.export import best_trial
-
     if top < 1:
         raise ConfigError(f"--top must be >= 1, got {top}")
     if holdout is not None:
@@ -153,14 +151,3 @@ def footer(record: dict[str, Any]) -> str:
         return "no top trial is feasible on the held-out facts: the export falls back to the best tuning trial"
     return (f"* exported: trial #{record['winner']}, the best of the top {record['top']} trials on the held-out "
             "facts (score = the study's objective per fact, averaged)")
-
-
-def holdout_winner(study: Any) -> tuple[Any, dict[str, Any]] | None:
-    """(trial, record) of the stored validation's winner, when there is one."""
-    record = study.user_attrs.get(HOLDOUT)
-    if not record or record.get("winner") is None:
-        return None
-    for t in study.get_trials(deepcopy=False):
-        if t.number == record["winner"]:
-            return t, record
-    raise StudyError(f"study {study.study_name!r}: the validated trial #{record['winner']} is missing")

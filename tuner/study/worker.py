@@ -76,10 +76,11 @@ def ensure_baseline(study: Any, cfg: Any, editor: Any, facts: list) -> None:
     if "baseline" in study.user_attrs:
         return
     from tuner.rome.hparams import preset
+    from tuner.rome.modes import run_edits
     from tuner.study.objective import fact_score
 
     hp = preset("textbook", cfg.hparams, n_layers=editor.n_layers)
-    metrics = [editor.edit(f, hp).metrics for f in facts]
+    metrics = [r.metrics for r in run_edits(editor, facts, hp, cfg.facts.mode)]
     n = len(metrics)
     study.set_user_attr("baseline", {
         "hparams": hp.to_dict(),
@@ -292,7 +293,7 @@ def _work(url: str, name: str, *, device: str | None, threads: int | None, quiet
         torch.set_num_threads(threads or 1)
     elif threads:
         torch.set_num_threads(threads)
-    editor = loaded.editor(progress=not quiet, stats_layers=space.layers(cfg.hparams.layer))
+    editor = loaded.editor(progress=not quiet, stats_layers=space.layers(cfg.hparams))
     # Workers need distinct sampler seeds or they propose the same points. Launch numbers its
     # workers (worker 0 uses the study seed, so one worker is fully reproducible); a worker
     # started by hand falls back to its pid.
