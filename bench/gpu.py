@@ -8,6 +8,7 @@ Prints, per model, measured side by side in this one run:
     engine's step on the same rows, and their ratio;
   * one trial's v* for 8 facts: batched (one optimisation) vs one fact after another;
   * layer statistics: per layer, and every searched layer in one pass (time per layer);
+  * MEMIT: the 8 facts in one edit over a two-layer window vs 8 independent ROME edits;
   * peak GPU memory;
   * the modeled wall time of a 200-trial ``studies/chatglm3-6b.yaml`` study: 200 × (mean steps
     × the batched 8-fact step + the per-trial fixed cost), for the early-stop savings given.
@@ -178,12 +179,24 @@ def measure(name: str, model: Any, tok: Any, facts: list, *, layer: int, layers:
         editor.evaluate(fact, hp, plan)
     sync(device)
     evaluation = time.perf_counter() - t0
+    # MEMIT: 8 facts in one edit over a two-layer window vs 8 independent ROME edits (each its own
+    # v*, k* and rank-one update), the same v* steps; C = I (no statistics) in both
+    from tuner.rome.memit import memit_plan
+
+    def rome_each() -> None:
+        for fact in facts:
+            editor.plan_many([fact], hp.replace(v_num_grad_steps=hi))
+
+    memit_hp = hp.replace(method="memit", window_size=2, v_num_grad_steps=hi)
+    memit = timed(lambda: memit_plan(model, tok, adapter, memit_hp, requests, templates, lambda _layer: None),
+                  device, repeat=1)
+    rome_8 = timed(rome_each, device, repeat=1)
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
     fixed = batched[0] - lo * batched_step  # initial pass, batching, bookkeeping of one 8-fact trial
     return {"bare_step": bare, "engine_step": engine_step, "batched_step": batched_step,
             "batched_trial": batched[1], "sequential_trial": sequential, "per_layer": per_layer,
             "one_pass": one_pass, "n_layers_pass": len(layers), "peak_gib": peak, "fixed": fixed, "eval": evaluation,
-            "rows": n_rows}
+            "rows": n_rows, "memit_batch": memit, "rome_each": rome_8}
 
 
 def main() -> None:
@@ -228,7 +241,7 @@ def main() -> None:
         from tuner.rome.adapters import detect_adapter
 
         depth = detect_adapter(model.config, family="chatglm" if "ChatGLM" in name else None).n_layers(model.config)
-        layers = [i for i in study.search.layers(study.hparams.layer) if i < depth]  # the study's searched layers
+        layers = [i for i in study.search.layers(study.hparams) if i < depth]  # the study's searched layers
         m = measure(name, model, tok, facts, layer=layer, layers=layers, stats_tokens=2000 if args.toy else 20000,
                     steps=(3, 8) if args.toy else (5, 15), device=device)
         size_text = f"{n_params / 1e9:.2f} B" if n_params >= 1e8 else f"{n_params / 1e6:.2f} M"
@@ -245,6 +258,9 @@ def main() -> None:
             (f"statistics, {m['n_layers_pass']} layers in one pass, s", f"{m['one_pass']:.2f}"),
             ("statistics: per-layer runs / one pass", f"{m['n_layers_pass'] * m['per_layer'] / m['one_pass']:.2f}x"),
             (f"scoring {len(facts)} edits (post-edit evaluation), s", f"{m['eval']:.2f}"),
+            (f"{len(facts)} independent ROME edits (v*, k*, ΔW each), s", f"{m['rome_each']:.2f}"),
+            (f"MEMIT, {len(facts)} facts in one edit, layers {layer}-{layer + 1}, s", f"{m['memit_batch']:.2f}"),
+            (f"{len(facts)} ROME edits / one MEMIT batch", f"{m['rome_each'] / m['memit_batch']:.2f}x"),
             ("peak GPU memory, GiB", f"{m['peak_gib']:.1f}"),
         ]
         for saving in args.early_stop_saving:
