@@ -39,6 +39,20 @@ def test_edit_table(default_model):
     assert len([ln for ln in proc.stdout.splitlines() if ln.strip()[:1].isdigit()]) == 8
 
 
+def test_edit_with_memit(default_model):
+    """--method memit edits over the window (v* at its last layer); a window past the top: exit 2."""
+    proc = run_cli("edit", "--fact", "3", "--method", "memit", "--layer", "0", "--window-size", "2", "--steps", "12",
+                   "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["hparams"]["method"] == "memit" and out["metrics"]["memit_pass"] is True
+    assert out["metrics"]["division_factor"] is None and len(out["trajectory"]["prob"]) <= 12
+    table = run_cli("edit", "--fact", "3", "--method", "memit", "--layer", "0", "--steps", "8")
+    assert table.returncode == 0 and "memit, layers 0-1 (v* at the last)" in table.stdout, table.stderr
+    _assert_one_line_error(run_cli("edit", "--method", "memit", "--layer", "3", "--window-size", "2"),
+                           "hparams.layer 3 + window_size 2 exceeds the model's 4 layers")
+
+
 def test_layer_out_of_range(default_model):
     _assert_one_line_error(run_cli("edit", "--layer", "9"), "hparams.layer 9 is out of range")
 

@@ -71,8 +71,9 @@ def test_report_has_every_figure_and_renders(ran_study):
     parser.feed(text)
     expected = {"loss-surface", "loss-surface-final_prob", "loss-surface-rebound", "loss-surface-final_loss",
                 "loss-surface-3d", "trajectories", "rebound-map", "importance-objective", "importance-rebound",
-                "history", "timeline"}
+                "history", "timeline", "methods"}
     assert expected <= set(parser.ids)
+    assert "edit mode: independent" in text and "rome layer" in text  # method, layer and mode in hovers and summary
     assert text.count("plotly.js v") <= 2 and len(text) > 3_000_000 // 1000  # plotly.js embedded once, offline
     assert "Best trial #" in text and "Per-fact metrics" in text and "textbook" in text
     drawn, errors = _render(page, len(parser.ids), tmp / "report.png")

@@ -21,11 +21,12 @@ def env(home) -> dict[str, str]:
 
 
 def write_study(path: Path, **changes) -> Path:
-    """The small study the end-to-end tests run: 3 facts per trial, 5–15 steps."""
+    """The small study the end-to-end tests run: 3 facts per trial, 5–15 steps, no held-out facts."""
     search = dict(yaml.safe_load((ROOT / "studies/default.yaml").read_text())["search"])
     search["v_num_grad_steps"] = {"low": 5, "high": 15}
     search.update(changes.pop("search", {}))
-    return study_file(path, **{"name": "small", "facts": {"per_trial": 3}, "search": search, **changes})
+    facts = {"per_trial": 3, "holdout": 0, **changes.pop("facts", {})}  # held-out validation: only where tested
+    return study_file(path, **{"name": "small", "facts": facts, "search": search, **changes})
 
 
 @pytest.fixture

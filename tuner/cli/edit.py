@@ -1,6 +1,8 @@
-"""``tuner edit``: one ROME edit, its trajectory and metrics — the tool for debugging one case.
+"""``tuner edit``: one edit (ROME, or MEMIT / the hybrid with ``--method``), its trajectory and
+metrics — the tool for debugging one case.
 
     tuner edit --fact 3 --layer 0 --steps 12 --json
+    tuner edit --fact 3 --method memit --layer 0 --window-size 2
 
 Its hyperparameter flags are generated from the knob declarations (``tuner.rome.hparams.KNOBS``)."""
 
@@ -53,8 +55,9 @@ UNSET = _Unset()
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("edit", help="run one ROME edit and print its trajectory and metrics",
-                       description="Run one ROME edit on one fact; the model is restored afterwards.")
+    p = sub.add_parser("edit", help="run one edit (ROME, MEMIT, hybrid) and print its trajectory and metrics",
+                       description="Run one edit on one fact (--method rome|memit|hybrid); the model is restored "
+                                   "afterwards.")
     add_config(p)
     p.add_argument("--fact", type=int, default=0, help="index of the fact in the study's fact file (default: 0)")
     _knob_flags(p)
@@ -89,7 +92,14 @@ def run(args: argparse.Namespace) -> int:
     loaded = cfg.load_model(device=args.device, progress=not args.json)
     editor = loaded.editor(progress=not args.json)
     editor.check_layer(hp.layer)
-    result = editor.edit(fact, hp)
+    if hp.method == "rome":
+        result = editor.edit(fact, hp)
+    else:
+        from tuner.rome.memit import window
+        from tuner.rome.modes import run_edits
+
+        window(hp, editor.n_layers)  # a window past the last layer: one line, exit 2
+        result = run_edits(editor, [fact], hp, "independent")[0]
     out = {
         "model": loaded.name, "fingerprint": loaded.fingerprint, "fact": fact.to_record(),
         **result.to_dict(),
@@ -101,7 +111,9 @@ def run(args: argparse.Namespace) -> int:
     m = result.metrics
     stop = f", early stop at loss < {hp.early_stop_loss:g}" if hp.early_stop_loss is not None else ""
     print(f"fact {args.fact}: {fact.rewrite_prompt!r}  {fact.target_true!r} -> {fact.target_new!r}")
-    print(f"model {loaded.name} ({loaded.fingerprint}), layer {hp.layer}, v_lr {hp.v_lr:g}, "
+    where = (f"layer {hp.layer}" if hp.method == "rome" else
+             f"{hp.method}, layers {hp.layer}-{hp.layer + hp.window_size - 1} (v* at the last)")
+    print(f"model {loaded.name} ({loaded.fingerprint}), {where}, v_lr {hp.v_lr:g}, "
           f"v_weight_decay {hp.v_weight_decay:g}, steps {hp.v_num_grad_steps}{stop}, schedule {hp.lr_schedule}")
     print(trajectory_table(result.trajectory))
     print(f"P(new) before {m['pre_prob']:.4f} -> after {m['final_prob']:.4f}   P(true) after {m['true_prob']:.4f}")

@@ -42,6 +42,8 @@ def select_facts(spec: FactSpec, path: Path) -> list[Fact]:
 
 
 def _tuning(spec: FactSpec, n: int) -> list[int]:
+    if spec.per_trial > n:
+        raise ConfigError(f"facts.per_trial {spec.per_trial} exceeds the {n} facts in {spec.path}")
     if spec.per_trial + spec.holdout > n:
         raise ConfigError(f"facts.per_trial {spec.per_trial} + facts.holdout {spec.holdout} exceed the {n} facts "
                           f"in {spec.path}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 PUBLISHED = ("loss-surface", "loss-surface-3d", "trajectories", "rebound-map", "importance-objective",
-             "importance-rebound", "timeline", "trace-vs-search", "trace-summary")
+             "importance-rebound", "timeline", "methods", "trace-vs-search", "trace-summary")
 
 
 def publish(study: Any, report: Any, names: list[str]) -> list[str]:

@@ -47,7 +47,7 @@ def trajectories(rows: list[Row], top_k: int = 3) -> Any:
     for i, (label, r) in enumerate(chosen):
         color = palette[i % len(palette)]
         prob, loss = r.mean_curve("prob"), r.mean_curve("loss")
-        name = f"{label}: trial {r.number} (value {r.value:.3f})"
+        name = f"{label}: trial {r.number} (value {r.value:.3f}; {r.setting})"
         fig.add_trace(go.Scatter(y=prob, mode="lines", name=name, line=dict(color=color), legendgroup=name), 1, 1)
         fig.add_trace(go.Scatter(y=loss, mode="lines", name=name, line=dict(color=color), legendgroup=name,
                                  showlegend=False), 2, 1)
@@ -83,11 +83,37 @@ def rebound_map(rows: list[Row]) -> Any:
         marker=dict(size=[6 + 40 * r.mean["rebound"] for r in pts], color=[r.params.get("layer", 0) for r in pts],
                     colorscale="Turbo", showscale=True, colorbar=dict(title=dict(text="layer")),
                     line=dict(color="black", width=0.5)),
-        text=[f"trial {r.number}: rebound {r.mean['rebound']:.3f}, layer {r.params.get('layer')}" for r in pts],
+        text=[f"trial {r.number}: rebound {r.mean['rebound']:.3f}; {r.setting}" for r in pts],
         hoverinfo="text", name="trials"))
     fig.update_layout(title=title + " (marker size ∝ rebound)", xaxis_title="v_lr (log scale)",
                       yaxis_title="v_num_grad_steps")
     fig.update_xaxes(type="log")
+    return fig
+
+
+def methods(rows: list[Row]) -> Any:
+    """The objective per method over the edited layer (the window's first layer for memit and
+    hybrid): which method works where."""
+    import plotly.graph_objects as go
+
+    pts = [r for r in complete(rows) if r.hparams]
+    title = "Objective by method and layer (memit/hybrid: the window's first layer; hover: the window)"
+    if not pts:
+        return _empty(title, "no completed trial yet")
+    fig = go.Figure()
+    offsets = {"rome": -0.2, "memit": 0.0, "hybrid": 0.2}
+    colors = {"rome": "#1f77b4", "memit": "#d62728", "hybrid": "#2ca02c"}
+    for method in ("rome", "memit", "hybrid"):
+        sel = [r for r in pts if r.hparams.get("method", "rome") == method]
+        if not sel:
+            continue
+        fig.add_trace(go.Scatter(
+            x=[r.hparams["layer"] + offsets[method] for r in sel], y=[r.value for r in sel], mode="markers",
+            name=method, marker=dict(color=colors[method], symbol=["circle" if r.feasible else "x" for r in sel]),
+            text=[f"trial {r.number}: value {r.value:.4f}; {r.setting}" + ("" if r.feasible else "; infeasible")
+                  for r in sel], hoverinfo="text"))
+    fig.update_layout(title=title, xaxis_title="layer (window start)", yaxis_title="objective",
+                      xaxis=dict(dtick=1))
     return fig
 
 

@@ -51,6 +51,7 @@ def build(study: Any, cfg: Any, *, x: str | None = None, y: str | None = None, m
         "importance-rebound": figures.importance(study, rs, "rebound"),
         "history": figures.history(study) if complete(rs) else figures._empty("Optimisation history", "no completed trial yet"),
         "timeline": figures.worker_timeline(rs),
+        "methods": figures.methods(rs),
     }
     trace = study.user_attrs.get("trace")
     if trace:
@@ -64,6 +65,10 @@ def summary(study: Any, rs: list) -> str:
     for r in rs:
         counts[r.state] = counts.get(r.state, 0) + 1
     parts = [f"<p>Trials by state: {', '.join(f'{k.lower()} {v}' for k, v in sorted(counts.items())) or 'none'}.</p>"]
+    methods = sorted({r.hparams.get("method", "rome") for r in rs if r.hparams})
+    mode = rs[0].mode if rs else "independent"
+    parts.append(f"<p>Edit method{'s' if len(methods) > 1 else ''}: {html.escape(', '.join(methods) or 'rome')}; "
+                 f"edit mode: {html.escape(mode)} (tuner.rome.modes).</p>")
     done = complete(rs)
     if len(done) == 0:
         failed = counts.get("FAIL", 0)
@@ -80,18 +85,23 @@ def summary(study: Any, rs: list) -> str:
     if not complete_feasible(rs):
         return "\n".join(parts)
     best = max(complete_feasible(rs), key=lambda r: r.value)
-    parts.append(f"<h3>Best trial #{best.number}: objective {best.value:.4f}</h3>")
+    parts.append(f"<h3>Best trial #{best.number}: objective {best.value:.4f} ({html.escape(best.setting)})</h3>")
     parts.append("<table><tr><th>hyperparameter</th><th>value</th></tr>" + "".join(
         f"<tr><td>{html.escape(k)}</td><td>{v:.5g}</td></tr>" if isinstance(v, float) else
         f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>" for k, v in best.params.items()) + "</table>")
     if best.per_fact:
         cols = ["case_id", "final_prob", "pre_prob", "peak_prob", "rebound", "efficacy", "paraphrase", "specificity",
-                "oscillation", "n_steps", "early_stopped", "update_norm", "gen_entropy_drop", "disabling_edit", "seconds"]
+                "oscillation", "n_steps", "early_stopped", "update_norm", "gen_entropy_drop", "disabling_edit",
+                "memit_pass", "prob_at_edit", "efficacy_at_edit", "seconds"]
+        cols = [c for c in cols if any(c in m for m in best.per_fact)]
         head = "".join(f"<th>{c}</th>" for c in cols)
         body = "".join("<tr>" + "".join(
             f"<td>{m.get(c):.4g}</td>" if isinstance(m.get(c), float) else f"<td>{m.get(c)}</td>" for c in cols) + "</tr>"
             for m in best.per_fact)
         parts.append(f"<h3>Per-fact metrics of the best trial</h3><table><tr>{head}</tr>{body}</table>")
+        if "retention" in best.mean:
+            parts.append(f"<p>Retention (sequential mode): {best.mean['retention']:.2f} of the facts edited "
+                         "successfully were still edited on the final model.</p>")
     base = study.user_attrs.get("baseline")
     if base:
         parts.append(f"<p>ROME textbook hyperparameters on the same facts: objective {base['score']:.4f} "
@@ -121,6 +131,7 @@ TITLES = {
     "importance-rebound": "Importance for rebound",
     "history": "Optimisation history",
     "timeline": "Trials per worker",
+    "methods": "Methods per layer and window",
     "trace-vs-search": "Causal trace vs. search",
     "trace-summary": "Causal trace: average indirect effect",
 }

@@ -21,6 +21,17 @@ class Row:
     feasible: bool = True
     """No disabling edit and no specificity drop beyond the guard; an infeasible trial is never
     the best one."""
+    hparams: dict[str, Any] = field(default_factory=dict)
+    mode: str = "independent"
+
+    @property
+    def setting(self) -> str:
+        """Method, window and edit mode, as every figure's hover shows them."""
+        method = self.hparams.get("method", "rome")
+        layer = self.hparams.get("layer")
+        where = (f"layer {layer}" if method == "rome" else
+                 f"layers {layer}-{layer + self.hparams.get('window_size', 1) - 1}" if layer is not None else "")
+        return f"{method} {where}, {self.mode}".replace(" ,", ",")
 
     def metric(self, name: str) -> float | None:
         if name == "value":
@@ -40,6 +51,7 @@ class Row:
 def rows(study: Any) -> list[Row]:
     from tuner.study.objective import feasible
 
+    mode = study.user_attrs.get("config", {}).get("facts", {}).get("mode", "independent")
     out = []
     for t in study.get_trials(deepcopy=False):
         w = t.user_attrs.get("worker")
@@ -55,6 +67,8 @@ def rows(study: Any) -> list[Row]:
             end=t.datetime_complete,
             per_fact=list(t.user_attrs.get("per_fact", [])),
             feasible=feasible(t),
+            hparams=dict(t.user_attrs.get("hparams", {})),
+            mode=mode,
         ))
     return out
 

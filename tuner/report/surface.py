@@ -73,7 +73,7 @@ def surface_figures(rows: list[Row], x: str, y: str, metric: str, log_params: se
             x=[r.params[x] for r in pts], y=[r.params[y] for r in pts], mode="markers", name=label,
             marker=dict(symbol=symbol, size=8, color="white" if state == "COMPLETE" else "red",
                         line=dict(color="black", width=1)),
-            text=[f"trial {r.number}: {metric}={r.metric(metric)}" for r in pts], hoverinfo="text"))
+            text=[f"trial {r.number}: {metric}={r.metric(metric)}; {r.setting}" for r in pts], hoverinfo="text"))
     fig2d.update_layout(title=title, xaxis_title=x, yaxis_title=y, legend=dict(orientation="h", y=-0.18))
     for name, update in ((x, fig2d.update_xaxes), (y, fig2d.update_yaxes)):
         if name in log_params:

@@ -1,0 +1,55 @@
+"""The ChatGLM3-interface test model (this folder's modeling code), trained briefly on the fact
+corpus: used by tests/chatglm and bench/methods.py."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+SIZE = dict(num_layers=4, hidden_size=128, ffn_hidden_size=512, kv_channels=32, num_attention_heads=4,
+            multi_query_group_num=1, seq_length=128)
+
+
+def build_tiny_chatglm(out: Path, kb: Any) -> Path:
+    """Train the ChatGLM-style model briefly on the fact corpus and save it as a checkpoint
+    directory with auto_map, its own code, a left-padding [gMASK] <sop> tokenizer and weights."""
+    from safetensors.torch import save_file
+
+    from tuner.models.build import BuildSpec, make_tokenizer, train
+    from tuner.models.corpus import fact_sentences
+
+    sys.path.insert(0, str(HERE))
+    try:
+        from configuration_chatglm import ChatGLMConfig
+        from modeling_chatglm import ChatGLMForConditionalGeneration, RMSNorm
+    finally:
+        sys.path.remove(str(HERE))
+    tok = make_tokenizer(fact_sentences(kb), prefix=("[gMASK]", "<sop>"))
+    config = ChatGLMConfig(padded_vocab_size=len(tok), pad_token_id=tok.pad_token_id, **SIZE)
+    config.max_length, config.use_cache = 128, False  # what the upstream code reads, for building it here
+    torch.manual_seed(0)
+    model = ChatGLMForConditionalGeneration(config)
+    for m in model.modules():
+        if isinstance(m, RMSNorm):
+            torch.nn.init.ones_(m.weight)  # upstream leaves them torch.empty
+    model, tok, docs, info = train(BuildSpec(seed=0), kb, model=model, tok=tok, progress=False)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
+    saved = ChatGLMConfig(padded_vocab_size=len(tok), pad_token_id=tok.pad_token_id, **SIZE).to_dict()
+    saved.pop("max_length", None), saved.pop("use_cache", None)
+    saved.update(architectures=["ChatGLMForConditionalGeneration"], auto_map={
+        "AutoConfig": "configuration_chatglm.ChatGLMConfig",
+        "AutoModel": "modeling_chatglm.ChatGLMForConditionalGeneration",
+        "AutoModelForCausalLM": "modeling_chatglm.ChatGLMForConditionalGeneration"})
+    (out / "config.json").write_text(json.dumps(saved, indent=1))
+    for f in ("configuration_chatglm.py", "modeling_chatglm.py"):
+        shutil.copy(HERE / f, out / f)
+    tok.save_pretrained(out)
+    (out / "corpus.txt").write_text("\n".join(docs) + "\n")
+    assert info["accuracy"] >= 0.95, info
+    return out
