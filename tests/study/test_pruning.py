@@ -30,3 +30,23 @@ def test_pruned_trials_stop_during_the_optimisation(tmp_path, env):
         assert t.user_attrs["per_fact"] == []  # and nothing was evaluated
     complete = [t for t in trials if t.state == States.COMPLETE]
     assert all(len(t.user_attrs["per_fact"]) == 3 for t in complete)
+
+
+def test_wilcoxon_pruner_pairs_facts_after_the_warmup(tmp_path, env):
+    """pruner: wilcoxon reports each fact's P(new) once, after pruner_warmup forward passes, with the
+    fact's index as the step (the facts are the paired instances of the signed-rank test)."""
+    cfg = write_study(tmp_path / "w.yaml", pruner="wilcoxon", pruner_warmup=5, facts={"per_trial": 6},
+                      search={"v_num_grad_steps": {"low": 5, "high": 12}})
+    url = f"sqlite:///{tmp_path / 'tuner.db'}"
+    proc = run_cli("launch", "--config", str(cfg), "--trials", "14", "--workers", "1", "--storage", url,
+                   "--no-progress", env=env)
+    assert proc.returncode == 0, proc.stderr
+    trials = optuna.load_study(study_name="small", storage=url).get_trials(deepcopy=False)
+    reported = [t for t in trials if t.intermediate_values]
+    assert reported
+    for t in reported:
+        assert set(t.intermediate_values) == set(range(6)), t.intermediate_values  # one value per fact
+        assert all(0.0 <= v <= 1.0 for v in t.intermediate_values.values())
+    for t in trials:
+        if t.state == States.PRUNED:
+            assert t.user_attrs["per_fact"] == []

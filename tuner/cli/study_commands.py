@@ -149,9 +149,13 @@ def summarize(study: Any, cfg: Any, *, progress: bool = True) -> list[Path] | No
               f"{hp['v_num_grad_steps']} steps) on the same facts: value {base['score']:.4f} "
               f"(final_prob {base['final_prob']:.4f}, rebound {base['rebound']:.4f})")
     if cfg.facts.holdout:
+        from tuner.errors import TunerError
         from tuner.study.validate import run_validation, table
 
-        print(table(run_validation(study, cfg, progress=progress)))
+        try:
+            print(table(run_validation(study, cfg, progress=progress)))
+        except TunerError as exc:  # the trials are done: export by the tuning value, say why
+            print(f"held-out validation not run ({exc}); exporting the best trial on the tuning facts")
     paths = export_best(study, cfg)
     for path in paths:
         print(f"wrote {path}")

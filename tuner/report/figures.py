@@ -134,7 +134,7 @@ def worker_timeline(rows: list[Row]) -> Any:
             base=[r.start.isoformat() for r in sel],
             x=[(r.end - r.start).total_seconds() * 1000 for r in sel],
             y=[r.worker for r in sel], orientation="h", name=state.lower(), marker_color=color,
-            hovertext=[f"trial {r.number}" for r in sel], hoverinfo="text+y", textposition="none"))
+            hovertext=[f"trial {r.number}: {r.setting}" for r in sel], hoverinfo="text+y", textposition="none"))
     fig.update_layout(title=title, barmode="overlay", xaxis=dict(type="date", title="wall-clock time"),
                       yaxis_title="worker (host:pid, device)")
     return fig

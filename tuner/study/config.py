@@ -61,6 +61,9 @@ class StudyConfig:
     pruner: Literal["median", "percentile", "hyperband", "wilcoxon", "none"] = "median"
     """Stops hopeless trials on the v* trajectory (``tuner.study.objective``); the default was
     chosen by ``bench/search.py`` (README, "Search efficiency")."""
+    pruner_warmup: int = 20
+    """Optimisation steps a trial runs before the median/percentile pruner may stop it (and the
+    step at which the Wilcoxon pruner compares facts)."""
     trials: int = 200
     description: str = ""
     base_dir: str = "."
@@ -69,6 +72,8 @@ class StudyConfig:
     def __post_init__(self) -> None:
         if self.trials < 1:
             raise ConfigError(f"trials must be >= 1, got {self.trials}")
+        if self.pruner_warmup < 1:
+            raise ConfigError(f"pruner_warmup must be >= 1, got {self.pruner_warmup}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, base_dir: str | Path = ".") -> StudyConfig:

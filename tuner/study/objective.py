@@ -82,8 +82,6 @@ def specificity_violation(per_fact: list[dict[str, Any]], obj: ObjectiveSpec) ->
     return round(drop - obj.max_specificity_drop, 6)
 PRUNE_EVERY = 5
 """Optimisation steps between two intermediate values reported to the pruner."""
-WILCOXON_AT = 4 * PRUNE_EVERY
-"""Forward passes after which ``pruner: wilcoxon`` compares the facts' P(new) with the best trial's."""
 
 
 def _rounded(x: Any) -> Any:
@@ -102,7 +100,7 @@ class Objective:
         """After every forward pass of the v* optimisation: the interrupt checkpoint, and the
         pruner's intermediate values: every ``PRUNE_EVERY`` steps the mean P(new) so far (step =
         forward passes), or for ``pruner: wilcoxon`` each fact's P(new) once, after
-        ``WILCOXON_AT`` forward passes (step = the fact's index: facts are its paired instances)."""
+        ``pruner_warmup`` forward passes (step = the fact's index: facts are its paired instances)."""
         import optuna
 
         checkpoint()  # Ctrl-C / SIGTERM take effect here
@@ -110,7 +108,7 @@ class Objective:
         if self.cfg.objective.multi_objective or self.cfg.pruner == "none":
             return
         if self.cfg.pruner == "wilcoxon":
-            if done != min(WILCOXON_AT, n_steps):
+            if done != min(self.cfg.pruner_warmup, n_steps):
                 return
             for i, p in enumerate(probs):
                 trial.report(p, step=i)

@@ -122,7 +122,7 @@ def make_pruner(cfg: StudyConfig) -> Any:
         return optuna.pruners.HyperbandPruner(min_resource=PRUNE_EVERY, max_resource=max(PRUNE_EVERY, max_steps))
     if cfg.pruner == "wilcoxon":  # per-fact P(new) at one checkpoint, paired with the best trial's facts
         return optuna.pruners.WilcoxonPruner(p_threshold=0.1, n_startup_steps=cfg.facts.per_trial // 2)
-    warmup = 4 * PRUNE_EVERY - 1
+    warmup = cfg.pruner_warmup - 1  # Optuna prunes at steps > n_warmup_steps: the first check is at pruner_warmup
     if cfg.pruner == "percentile":  # looser than the median: only a trial below the 25th percentile stops
         return optuna.pruners.PercentilePruner(25.0, n_startup_trials=N_STARTUP, n_warmup_steps=warmup)
     return optuna.pruners.MedianPruner(n_startup_trials=N_STARTUP, n_warmup_steps=warmup)

@@ -126,8 +126,11 @@ class SearchSpace:
         a choice, or a knob the values lack, is left to the sampler."""
         get = values.get if isinstance(values, dict) else (lambda name: getattr(values, name))
         out: dict[str, Any] = {}
-        for d in self.dimensions:
+        for d in sorted(self.dimensions, key=lambda d: KNOBS[d.name].when is not None):
             value = get(d.name)
+            when = KNOBS[d.name].when
+            if when is not None and out.get(when[0], get(when[0])) not in (None, *when[1]):
+                continue  # a conditional knob this setting does not use (MEMIT's window in a ROME trial)
             if value is None:
                 continue
             if d.kind == "categorical":
