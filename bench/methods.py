@@ -18,30 +18,31 @@ import argparse
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def models(root: Path, tmp: Path) -> list[tuple[str, object]]:
+def models(root: Path, tmp: Path) -> Iterator[tuple[str, object]]:
     from tests.chatglm.build import build_tiny_chatglm
     from tuner.study.config import StudyConfig
 
     from tuner.models.corpus import load_kb
 
     default = StudyConfig.load(root / "studies/default.yaml")
-    out = [("default (Llama, 4 layers)", default.load_model(device="cpu", progress=False))]
+    yield "default (Llama, 4 layers)", default.load_model(device="cpu", progress=False)
     glm_dir = build_tiny_chatglm(tmp / "chatglm3-tiny", load_kb(root / "studies/facts/synthetic_kb.json"))
     glm = StudyConfig.from_dict({"name": "glm", "model": {"name": str(glm_dir), "trust_remote_code": True,
                                                           "stats_corpus": str(glm_dir / "corpus.txt")},
                                  "facts": {"path": str(root / "studies/facts/synthetic_edits.json")}})
-    out.append(("ChatGLM3 interface (4 layers)", glm.load_model(device="cpu", progress=False)))
-    return out
+    yield "ChatGLM3 interface (4 layers)", glm.load_model(device="cpu", progress=False)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--facts", type=int, default=20, help="facts per cell (default 20)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     args = ap.parse_args()
     import torch
 
@@ -49,7 +50,7 @@ def main() -> None:
     from tuner.rome.modes import MODES, run_edits
     from tuner.study.config import StudyConfig
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     root = Path(__file__).resolve().parents[1]
     facts = load_facts(root / "studies/facts/synthetic_edits.json")[: args.facts]
     hp = StudyConfig.load(root / "studies/default.yaml").hparams.replace(layer=0, window_size=2)

@@ -21,6 +21,8 @@ def build_tiny_chatglm(out: Path, kb: Any) -> Path:
     directory with auto_map, its own code, a left-padding [gMASK] <sop> tokenizer and weights."""
     from safetensors.torch import save_file
 
+    out.mkdir(parents=True, exist_ok=True)
+
     from tuner.models.build import BuildSpec, make_tokenizer, train
     from tuner.models.corpus import fact_sentences
 
