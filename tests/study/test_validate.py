@@ -68,6 +68,9 @@ def test_launch_validates_on_holdout_and_tuner_validate_stores_the_table(tmp_pat
     page = (env_home(env) / "reports" / "small" / "index.html").read_text()
     assert "Held-out validation on 4 facts" in page
 
+    status = run_cli("status", "--study", "small", "--storage", url, env=env)
+    assert f"held-out validation on 4 facts: exported trial #{record['winner']}" in status.stdout, status.stdout
+
     bad = run_cli("validate", "--study", "small", "--top", "0", "--storage", url, env=env)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--top must be >= 1" in bad.stderr
 

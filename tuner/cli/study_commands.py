@@ -227,6 +227,12 @@ def status(args: argparse.Namespace) -> int:
     base = study.user_attrs.get("baseline")
     if base:
         print(f"textbook baseline: value {base['score']:.4f}")
+    record = study.user_attrs.get("holdout")
+    if record:
+        scores = {r["label"]: r.get("score") for r in record["rows"]}
+        winner = f"trial #{record['winner']}" if record["winner"] is not None else "none feasible"
+        print(f"held-out validation on {len(record['facts'])} facts: exported {winner}; "
+              + ", ".join(f"{k} {v:.4f}" for k, v in scores.items() if v is not None))
     workers = Counter()
     for t in study.get_trials(deepcopy=False):
         w = t.user_attrs.get("worker")
