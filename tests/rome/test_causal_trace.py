@@ -67,13 +67,14 @@ def test_launch_seeded_from_trace(tmp_path, default_model):
     cfg = write_study(tmp_path / "small.yaml")
     home = shared_home(tmp_path / "home")
     url = f"sqlite:///{tmp_path / 't.db'}"
-    proc = run_cli("launch", "--config", str(cfg), "--trials", "15", "--seed-from-trace", "--storage", url,
+    proc = run_cli("launch", "--config", str(cfg), "--trials", "20", "--seed-from-trace", "--storage", url,
                    "--no-progress", env={"TUNER_HOME": str(home)})
     assert proc.returncode == 0, proc.stderr
     study = optuna.load_study(study_name="small", storage=url)
     seeded = study.user_attrs["trace"]["seeded_layers"]
     assert seeded and seeded == study.user_attrs["trace"]["top_mlp_layers"][: len(seeded)]
-    first = sorted(study.trials, key=lambda t: t.number)[1:3]  # trial 0: the textbook setting; then 15 // 5 - 1 draws
+    # trials 0 and 1: the textbook setting and EasyEdit's defaults; then 20 // 5 - 2 seeded draws
+    first = sorted(study.trials, key=lambda t: t.number)[2:4]
     assert [t.params["layer"] for t in first] == [seeded[i % len(seeded)] for i in range(2)]
     assert "Causal trace vs. search" in (home / "reports/small/index.html").read_text()
 

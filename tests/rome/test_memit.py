@@ -185,7 +185,7 @@ def test_window_out_of_range(editor, facts):
 def chatglm_editor(kb, tmp_path_factory, stats_texts):
     """A randomly initialised ChatGLM3-interface model (sequence-first activations) with a left-padding
     ``[gMASK] <sop>`` tokenizer: batching, not editing success, is what is tested on it."""
-    from tests.chatglm.test_chatglm import HERE, SIZE
+    from tests.chatglm.build import HERE, SIZE
     from tuner.models.build import make_tokenizer
     from tuner.models.corpus import fact_sentences
     from tuner.rome.adapters import ADAPTERS
