@@ -84,9 +84,13 @@ def table(runs: list[dict]) -> str:
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in runs:
         groups.setdefault((r["sampler"], r["pruner"]), []).append(r)
+    randoms = [max((v for _, _, v in r["history"] if v is not None), default=float("nan"))
+               for r in runs if r["sampler"] == "random"]
+    bar = statistics.median(randoms) if randoms else None  # what random search finds in the whole budget
     head = (f"{'sampler':<8}{'pruner':<12}{'runs':>5}{'reached':>9}{'trials to 95%':>15}{'min to 95%':>12}"
-            f"{'best':>8}{'held-out':>10}{'pruned':>8}{'wall min':>10}")
-    lines = [f"target: 95% of the best value any run found ({best:.4f}) = {target:.4f}; medians over seeds", head]
+            f"{'to random':>11}{'best':>8}{'held-out':>10}{'pruned':>8}{'wall min':>10}")
+    lines = [f"target: 95% of the best value any run found ({best:.4f}) = {target:.4f}; \"to random\": trials until "
+             f"random search's median best ({bar if bar is None else round(bar, 4)}); medians over seeds", head]
     for (sampler, pruner), rs in groups.items():
         hits = [reach(r, target) for r in rs]
         n_trials = [h[0] if h[0] is not None else r["trials"] + 1 for h, r in zip(hits, rs)]  # "> trials"
@@ -96,9 +100,14 @@ def table(runs: list[dict]) -> str:
         bests = [max((v for _, _, v in r["history"] if v is not None), default=float("nan")) for r in rs]
         held = [r["holdout"] for r in rs if r["holdout"] is not None]
         shown = f"> {rs[0]['trials']}" if over else f"{med_trials:g}"
+        to_random = "-"
+        if bar is not None:
+            n_bar = [reach(r, bar)[0] or r["trials"] + 1 for r in rs]
+            med_bar = statistics.median(n_bar)
+            to_random = f"> {rs[0]['trials']}" if med_bar > rs[0]["trials"] else f"{med_bar:g}"
         lines.append(
             f"{sampler:<8}{pruner:<12}{len(rs):>5}{sum(h[0] is not None for h in hits):>9}{shown:>15}"
-            f"{(f'{statistics.median(secs) / 60:.2f}' if secs and not over else '-'):>12}"
+            f"{(f'{statistics.median(secs) / 60:.2f}' if secs and not over else '-'):>12}{to_random:>11}"
             f"{statistics.median(bests):>8.4f}{(f'{statistics.median(held):.4f}' if held else '-'):>10}"
             f"{statistics.median(r['pruned'] for r in rs):>8.0%}{statistics.median(r['wall'] for r in rs) / 60:>10.2f}")
     refs = [r["references"] for r in runs if r["references"]]

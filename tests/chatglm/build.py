@@ -16,33 +16,47 @@ SIZE = dict(num_layers=4, hidden_size=128, ffn_hidden_size=512, kv_channels=32, 
             multi_query_group_num=1, seq_length=128)
 
 
-def build_tiny_chatglm(out: Path, kb: Any) -> Path:
-    """Train the ChatGLM-style model briefly on the fact corpus and save it as a checkpoint
-    directory with auto_map, its own code, a left-padding [gMASK] <sop> tokenizer and weights."""
-    from safetensors.torch import save_file
-
-    out.mkdir(parents=True, exist_ok=True)
-
-    from tuner.models.build import BuildSpec, make_tokenizer, train
-    from tuner.models.corpus import fact_sentences
-
+def _classes() -> tuple[Any, Any, Any]:
+    """(ChatGLMConfig, ChatGLMForConditionalGeneration, RMSNorm) from this folder's model code."""
     sys.path.insert(0, str(HERE))
     try:
         from configuration_chatglm import ChatGLMConfig
         from modeling_chatglm import ChatGLMForConditionalGeneration, RMSNorm
     finally:
         sys.path.remove(str(HERE))
+    return ChatGLMConfig, ChatGLMForConditionalGeneration, RMSNorm
+
+
+def untrained_chatglm(kb: Any) -> tuple[Any, Any]:
+    """(model, tokenizer): the ChatGLM3-interface model at ``SIZE``, seeded random weights, with a
+    left-padding ``[gMASK] <sop>`` tokenizer over the fact corpus."""
+    from tuner.models.build import make_tokenizer
+    from tuner.models.corpus import fact_sentences
+
+    config_cls, model_cls, rms_norm = _classes()
     tok = make_tokenizer(fact_sentences(kb), prefix=("[gMASK]", "<sop>"))
-    config = ChatGLMConfig(padded_vocab_size=len(tok), pad_token_id=tok.pad_token_id, **SIZE)
+    config = config_cls(padded_vocab_size=len(tok), pad_token_id=tok.pad_token_id, **SIZE)
     config.max_length, config.use_cache = 128, False  # what the upstream code reads, for building it here
     torch.manual_seed(0)
-    model = ChatGLMForConditionalGeneration(config)
+    model = model_cls(config)
     for m in model.modules():
-        if isinstance(m, RMSNorm):
+        if isinstance(m, rms_norm):
             torch.nn.init.ones_(m.weight)  # upstream leaves them torch.empty
+    return model, tok
+
+
+def build_tiny_chatglm(out: Path, kb: Any) -> Path:
+    """Train the ChatGLM-style model briefly on the fact corpus and save it as a checkpoint
+    directory with auto_map, its own code, a left-padding [gMASK] <sop> tokenizer and weights."""
+    from safetensors.torch import save_file
+
+    from tuner.models.build import BuildSpec, train
+
+    out.mkdir(parents=True, exist_ok=True)
+    model, tok = untrained_chatglm(kb)
     model, tok, docs, info = train(BuildSpec(seed=0), kb, model=model, tok=tok, progress=False)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
-    saved = ChatGLMConfig(padded_vocab_size=len(tok), pad_token_id=tok.pad_token_id, **SIZE).to_dict()
+    saved = _classes()[0](padded_vocab_size=len(tok), pad_token_id=tok.pad_token_id, **SIZE).to_dict()
     saved.pop("max_length", None), saved.pop("use_cache", None)
     saved.update(architectures=["ChatGLMForConditionalGeneration"], auto_map={
         "AutoConfig": "configuration_chatglm.ChatGLMConfig",

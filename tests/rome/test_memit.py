@@ -4,7 +4,6 @@ sequence-first left padding, and an end-to-end edit of 8 facts at once on the de
 
 from __future__ import annotations
 
-import sys
 
 import pytest
 import torch
@@ -185,26 +184,11 @@ def test_window_out_of_range(editor, facts):
 def chatglm_editor(kb, tmp_path_factory, stats_texts):
     """A randomly initialised ChatGLM3-interface model (sequence-first activations) with a left-padding
     ``[gMASK] <sop>`` tokenizer: batching, not editing success, is what is tested on it."""
-    from tests.chatglm.build import HERE, SIZE
-    from tuner.models.build import make_tokenizer
-    from tuner.models.corpus import fact_sentences
+    from tests.chatglm.build import untrained_chatglm
     from tuner.rome.adapters import ADAPTERS
     from tuner.rome.editor import Editor
 
-    sys.path.insert(0, str(HERE))
-    try:
-        from configuration_chatglm import ChatGLMConfig
-        from modeling_chatglm import ChatGLMForConditionalGeneration, RMSNorm
-    finally:
-        sys.path.remove(str(HERE))
-    tok = make_tokenizer(fact_sentences(kb), prefix=("[gMASK]", "<sop>"))
-    config = ChatGLMConfig(padded_vocab_size=len(tok), pad_token_id=tok.pad_token_id, **SIZE)
-    config.max_length, config.use_cache = 128, False
-    torch.manual_seed(0)
-    model = ChatGLMForConditionalGeneration(config)
-    for m in model.modules():
-        if isinstance(m, RMSNorm):
-            torch.nn.init.ones_(m.weight)
+    model, tok = untrained_chatglm(kb)
     return Editor(model.eval(), tok, ADAPTERS["chatglm"], fingerprint="chatglm-memit", stats_texts=stats_texts,
                   stats_root=tmp_path_factory.mktemp("stats"), progress=False)
 

@@ -81,10 +81,7 @@ def test_sequential_rome_over_20_facts_reports_retention(editor, facts):
     assert last["final_prob"] == pytest.approx(last["prob_at_edit"], abs=1e-5)  # nothing was edited after it
     drift = [abs(r.metrics["final_prob"] - r.metrics["prob_at_edit"]) for r in results[:-1]]
     assert max(drift) > 1e-3  # earlier facts are re-measured on the final model, not copied
-    edited = [r for r in results if r.metrics["efficacy_at_edit"]]
-    assert len(edited) >= 10
-    retention = sum(r.metrics["efficacy"] for r in edited) / len(edited)
-    assert 0.0 <= retention <= 1.0
+    assert sum(bool(r.metrics["efficacy_at_edit"]) for r in results) >= 10  # enough edits for retention to mean something
 
 
 def test_hybrid_rule_decides_the_memit_pass(editor, facts):

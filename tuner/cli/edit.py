@@ -80,6 +80,7 @@ def trajectory_table(traj: dict[str, list[float]], rows: int = 20) -> str:
 def run(args: argparse.Namespace) -> int:
     from tuner.facts.schema import load_facts
     from tuner.rome.hparams import KNOBS
+    from tuner.rome.modes import run_edits
     from tuner.study.config import StudyConfig
 
     cfg = StudyConfig.load(args.config)
@@ -91,15 +92,7 @@ def run(args: argparse.Namespace) -> int:
     hp = cfg.hparams.replace(**changes)
     loaded = cfg.load_model(device=args.device, progress=not args.json)
     editor = loaded.editor(progress=not args.json)
-    editor.check_layer(hp.layer)
-    if hp.method == "rome":
-        result = editor.edit(fact, hp)
-    else:
-        from tuner.rome.memit import window
-        from tuner.rome.modes import run_edits
-
-        window(hp, editor.n_layers)  # a window past the last layer: one line, exit 2
-        result = run_edits(editor, [fact], hp, "independent")[0]
+    result = run_edits(editor, [fact], hp)[0]  # checks the layer (and MEMIT's window) first
     out = {
         "model": loaded.name, "fingerprint": loaded.fingerprint, "fact": fact.to_record(),
         **result.to_dict(),

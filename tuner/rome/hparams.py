@@ -76,6 +76,11 @@ class Knob:
         hint = _strip_optional(self.type)
         return "int" if hint is int else "float" if hint is float else "other"
 
+    def applies(self, value_of: Any) -> bool:
+        """Whether this knob matters given the other knobs (``value_of(name)``); an unknown
+        (``None``) condition counts as met."""
+        return self.when is None or value_of(self.when[0]) in (None, *self.when[1])
+
     @property
     def optional(self) -> bool:
         return type(None) in typing.get_args(self.type)

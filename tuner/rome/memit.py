@@ -91,6 +91,12 @@ class MemitPlan:
         return sorted(self.deltas)
 
 
+def fit_window(layer: int, width: int, n_layers: int) -> int:
+    """The start of a ``width``-layer window asked to start at ``layer``, moved down so that it
+    ends at the model's last layer at the latest (the search space proposes windows this way)."""
+    return max(0, min(layer, n_layers - width))
+
+
 def window(hp: ROMEHyperParams, n_layers: int) -> list[int]:
     """The MEMIT layers ``layer … layer + window_size − 1``; ``ConfigError`` when they do not fit."""
     top = hp.layer + hp.window_size - 1

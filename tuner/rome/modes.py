@@ -27,6 +27,8 @@ weight is restored bit-exactly afterwards, whatever happens (``_Scratch``)."""
 
 from __future__ import annotations
 
+import functools
+import itertools
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -58,28 +60,25 @@ class _Scratch:
         self.editor = editor
         self.weights = {layer: rank_one.rewrite_weight(editor.model, editor.adapter, layer) for layer in layers}
         self.saved = {layer: w.detach().clone() for layer, w in self.weights.items()}
-        self.total = {layer: torch.zeros(0) for layer in layers}  # ΔW written since the last reset
+        self.total: dict[int, torch.Tensor] = {}  # ΔW written since the last reset, per layer
 
     def add(self, deltas: dict[int, torch.Tensor]) -> None:
         for layer, delta in deltas.items():
             w = self.weights[layer]
-            upd = delta if self.editor.adapter.weight_layout == "out_in" else delta.T
             with torch.no_grad():
-                w.add_(upd.to(device=w.device, dtype=w.dtype))
-            t = self.total[layer]
-            self.total[layer] = delta.double() if t.numel() == 0 else t + delta.double().to(t.device)
+                w.add_(rank_one.oriented(self.editor.adapter, delta).to(device=w.device, dtype=w.dtype))
+            self.total[layer] = self.total.get(layer, 0) + delta.double().to(w.device)
 
     def update_norm(self) -> float:
         """max over layers of ‖total ΔW_l‖ / ‖W_l‖."""
-        norms = [float(t.norm() / self.saved[layer].double().norm().to(t.device))
-                 for layer, t in self.total.items() if t.numel()]
-        return max(norms, default=0.0)
+        return max((float(t.norm() / self.saved[layer].double().norm()) for layer, t in self.total.items()),
+                   default=0.0)
 
     def reset(self) -> None:
         with torch.no_grad():
             for layer, w in self.weights.items():
                 w.copy_(self.saved[layer])
-        self.total = {layer: torch.zeros(0) for layer in self.weights}
+        self.total = {}
 
 
 @contextmanager
@@ -131,11 +130,8 @@ def run_edits(editor: Editor, facts: Sequence[Any], hp: ROMEHyperParams, mode: s
             r.metrics.update(mode=mode, memit_pass=False)
         return results
     layers = [hp.layer] if hp.method == "rome" else window(hp, editor.n_layers)
-    first = [on_step]
-
-    def step_fn() -> OnStep | None:
-        fn, first[0] = first[0], _only_checkpoint
-        return fn
+    steps = itertools.chain([on_step], itertools.repeat(_only_checkpoint))  # pruner values from the first only
+    step_fn = functools.partial(next, steps)
 
     t0 = time.perf_counter()
     with _scratch(editor, layers) as scratch:

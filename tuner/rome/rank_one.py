@@ -63,12 +63,17 @@ def rewrite_weight(model: Any, adapter: Adapter, layer: int) -> torch.nn.Paramet
     return get_module(model, adapter.rewrite.format(layer)).weight
 
 
+def oriented(adapter: Adapter, delta_w: torch.Tensor) -> torch.Tensor:
+    """ΔW (d_model × d_ff) in the layout of the rewrite weight (GPT-2's Conv1D stores d_ff × d_model)."""
+    return delta_w if adapter.weight_layout == "out_in" else delta_w.T
+
+
 @contextmanager
 def weight_update(model: Any, adapter: Adapter, layer: int, delta_w: torch.Tensor) -> Iterator[None]:
     """Add ``delta_w`` (d_model × d_ff) to the rewrite weight for the duration of the block."""
     weight = rewrite_weight(model, adapter, layer)
     original = weight.detach().clone()
-    upd = delta_w if adapter.weight_layout == "out_in" else delta_w.T  # Conv1D stores (d_ff, d_model)
+    upd = oriented(adapter, delta_w)
     if upd.shape != weight.shape:
         raise ValueError(f"update shape {tuple(upd.shape)} does not match weight {tuple(weight.shape)}")
     try:

@@ -69,10 +69,11 @@ MEMIT_ONLY = ("method", "window_size", "mom2_update_weight")
 
 def easyedit_memit_hparams(cfg: StudyConfig, hp: ROMEHyperParams, adapter: Adapter, n_layers: int) -> dict[str, Any]:
     """EasyEdit's MEMIT hparams: the v* knobs as for ROME, the window as ``layers``, λ."""
+    from tuner.rome.memit import window
+
     d = easyedit_hparams(cfg, hp, adapter, n_layers)
     d.pop("context_template_length_params", None)  # EasyEdit's MEMIT has no such field
-    top = min(hp.layer, n_layers - hp.window_size)
-    return {**d, "alg_name": "MEMIT", "layers": list(range(top, top + hp.window_size)), "layer_selection": "all",
+    return {**d, "alg_name": "MEMIT", "layers": window(hp, n_layers), "layer_selection": "all",
             "mom2_update_weight": hp.mom2_update_weight}
 
 
@@ -84,9 +85,8 @@ def not_expressible(hp: ROMEHyperParams) -> dict[str, Any]:
 def _write_easyedit(path: Path, study: Any, trial: Any, cfg: StudyConfig, hp: ROMEHyperParams, adapter: Adapter,
                     n_layers: int, what: str, alg: str = "ROME") -> None:
     memit = alg == "MEMIT"
-    expressible = hp.replace(method="rome").reproducible_in_easyedit() if memit else hp.reproducible_in_easyedit()
-    if hp.method == "hybrid":
-        expressible = False
+    # the file's algorithm stands for `method` (a hybrid none of EasyEdit's files can run)
+    expressible = hp.method != "hybrid" and hp.replace(method="rome").reproducible_in_easyedit()
     lines = [f"# EasyEdit {alg} hyperparameters from rome-tuner study {study.study_name!r}: {what}, trial "
              f"{trial.number} (value {', '.join(f'{v:.4f}' for v in trial.values)}).",
              "# EasyEdit " + ("reproduces this setting." if expressible else
@@ -123,9 +123,10 @@ def export_best(study: Any, cfg: StudyConfig, *, out_dir: Path | None = None) ->
     trial, what = best_trial(study), "the best trial"
     validated = holdout_winner(study)
     if validated is not None:
+        tuning_best = trial.number
         trial, record = validated
         what = (f"the best on {len(record['facts'])} held-out facts of the top {record['top']} trials "
-                f"(best on the tuning facts: trial {best_trial(study).number})")
+                f"(best on the tuning facts: trial {tuning_best})")
     adapter, n_layers = model_adapter(cfg.model)
     hp = ROMEHyperParams.from_dict(trial.user_attrs["hparams"])
     out = out_dir or storage_root() / "best" / study.study_name

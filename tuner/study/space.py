@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from tuner.errors import ConfigError
 from tuner.rome.hparams import KNOBS, ROMEHyperParams
+from tuner.rome.memit import fit_window
 
 ALL_LAYERS = "all"
 
@@ -111,13 +112,12 @@ class SearchSpace:
         while its condition holds (MEMIT's window only for memit/hybrid), so the sampler sees a
         conditional space; a window that would run past the last layer is moved down to end there."""
         values: dict[str, Any] = {}
-        for d in sorted(self.dimensions, key=lambda d: KNOBS[d.name].when is not None):
-            when = KNOBS[d.name].when
-            if when is None or values.get(when[0], getattr(base, when[0])) in when[1]:
+        for d in self._conditions_last():
+            if KNOBS[d.name].applies(lambda name: values.get(name, getattr(base, name))):
                 values[d.name] = d.suggest(trial)
         hp = base.replace(**values)
-        if hp.method != "rome" and self.n_layers is not None and hp.layer + hp.window_size > self.n_layers:
-            hp = hp.replace(layer=max(0, self.n_layers - hp.window_size))
+        if hp.method != "rome" and self.n_layers is not None:
+            hp = hp.replace(layer=fit_window(hp.layer, hp.window_size, self.n_layers))
         return hp
 
     def clip(self, values: ROMEHyperParams | dict[str, Any]) -> dict[str, Any]:
@@ -126,10 +126,9 @@ class SearchSpace:
         a choice, or a knob the values lack, is left to the sampler."""
         get = values.get if isinstance(values, dict) else (lambda name: getattr(values, name))
         out: dict[str, Any] = {}
-        for d in sorted(self.dimensions, key=lambda d: KNOBS[d.name].when is not None):
+        for d in self._conditions_last():
             value = get(d.name)
-            when = KNOBS[d.name].when
-            if when is not None and out.get(when[0], get(when[0])) not in (None, *when[1]):
+            if not KNOBS[d.name].applies(lambda name: out.get(name, get(name))):
                 continue  # a conditional knob this setting does not use (MEMIT's window in a ROME trial)
             if value is None:
                 continue
@@ -140,6 +139,10 @@ class SearchSpace:
                 value = min(max(value, d.low), d.high)
                 out[d.name] = int(round(value)) if d.kind == "int" else float(value)
         return out
+
+    def _conditions_last(self) -> list[Dimension]:
+        """Dimensions with their conditions' knobs first (``Knob.when``)."""
+        return sorted(self.dimensions, key=lambda d: KNOBS[d.name].when is not None)
 
     def layers(self, base: ROMEHyperParams) -> list[int]:
         """Every layer a trial can edit (after ``bind``): what the statistics are computed for,
@@ -156,8 +159,8 @@ class SearchSpace:
         out = set()
         for layer in values("layer"):
             for width in widths:
-                start = layer if self.n_layers is None else max(0, min(layer, self.n_layers - width))
-                out.update(range(start, start + width))  # as ``suggest`` moves a window past the top
+                start = layer if self.n_layers is None else fit_window(layer, width, self.n_layers)
+                out.update(range(start, start + width))
         return sorted(out)
 
     @property
