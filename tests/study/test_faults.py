@@ -148,7 +148,10 @@ def test_database_down_for_20_seconds(tmp_path, env):
 
 
 @pytest.mark.parametrize("target", ["launch", "group"])
-def test_sigterm_stops_everything_and_the_same_command_resumes(tmp_path, small_study, env, target):
+def test_sigterm_stops_everything_and_the_same_command_resumes(tmp_path, env, target):
+    # trials long enough (a few seconds) that the signal lands inside one: with the small
+    # study's sub-second trials both workers were sometimes between trials (CI, stop 18)
+    small_study = write_study(tmp_path / "small.yaml", search={"v_num_grad_steps": {"low": 60, "high": 80}})
     url = f"sqlite:///{tmp_path / 'tuner.db'}"
     proc = _launch(small_study, url, 30, 2, env)
     _wait_for(lambda: _counts(url, "small").get("RUNNING", 0) >= 1 and len(_worker_pids(proc.pid)) == 2)
