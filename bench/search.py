@@ -3,7 +3,7 @@
     python bench/search.py                     # 5 seeds x 3 samplers x 2 pruners: ~1.5 hours on 2 cores
     python bench/search.py --trials 40 --seeds 3   # the README table
     python bench/search.py --toy               # CI size: 2 samplers x 1 seed x 6 trials
-    python bench/search.py --table results.json   # re-print a saved run
+    python bench/search.py --table a.json b.json  # re-print saved runs (one table, one target)
 
 For every sampler (TPE, GP, random) and pruner (median, none; also percentile, Wilcoxon and
 Hyperband with ``--pruners``) over several study seeds, the default study runs as ``tuner launch``
@@ -11,8 +11,9 @@ does (one worker, one thread, fresh storage; --jobs studies side by side). Per r
 and the wall time until the best value first reaches 95 % of the best value ANY run found, the
 best value, the held-out score of the exported setting (``tuner validate`` at the end of the
 launch: the default study has 16 held-out facts) and the share of pruned trials. One table of
-medians over seeds; a run that never reaches the target counts as "> trials". Wall times of
-runs side by side share the cores: compare them within one table only."""
+medians over seeds; a run that never reaches the target counts as "> trials" (``--random-trials``
+gives random search a longer budget, so "trials random search needs" is a number, or a bound).
+Wall times of runs side by side share the cores: compare them within one table only."""
 
 from __future__ import annotations
 
@@ -120,6 +121,7 @@ def table(runs: list[dict]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--trials", type=int, default=80, help="trials per study (default 80)")
+    ap.add_argument("--random-trials", type=int, help="trials per random-search study (default: --trials)")
     ap.add_argument("--seeds", type=int, default=5, help="study seeds per sampler and pruner (default 5)")
     ap.add_argument("--samplers", default="tpe,gp,random", help="comma-separated (default tpe,gp,random)")
     ap.add_argument("--pruners", default="median,none",
@@ -127,10 +129,10 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2, help="studies run side by side (default 2: one per core)")
     ap.add_argument("--toy", action="store_true", help="CI size: 2 runs of 6 trials")
     ap.add_argument("--out", type=Path, help="also save every run's history as JSON here")
-    ap.add_argument("--table", type=Path, help="print the table of a saved run and exit")
+    ap.add_argument("--table", type=Path, nargs="+", help="print one table of saved runs and exit")
     args = ap.parse_args()
     if args.table:
-        print(table(json.loads(args.table.read_text())))
+        print(table([run for path in args.table for run in json.loads(path.read_text())]))
         return
     trials = 6 if args.toy else args.trials
     runs_todo = grid(args.toy, args.seeds, args.samplers.split(","), args.pruners.split(","))
@@ -138,7 +140,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         home = shared_home(Path(d))
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            futures = [pool.submit(run_one, s, p, seed, trials, home) for s, p, seed in runs_todo]
+            futures = [pool.submit(run_one, s, p, seed, trials if s != "random" or args.toy else
+                                   args.random_trials or trials, home) for s, p, seed in runs_todo]
             runs = []
             for f, (s, p, seed) in zip(futures, runs_todo):
                 runs.append(f.result())
