@@ -214,3 +214,35 @@ def test_a_trial_without_heartbeat_does_not_block_the_budget(tmp_path, small_stu
     frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == orphan.number)
     assert frozen.state == States.FAIL
     assert "never sent a heartbeat" in err and "Traceback" not in err
+
+
+def _open_at(url: str, start: float, results) -> None:
+    from tuner.study.storage import make_storage
+
+    while time.time() < start:  # every process opens the new database at the same instant
+        pass
+    try:
+        make_storage(url, heartbeat=False)
+        results.put("ok")
+    except Exception as exc:  # noqa: BLE001 - reported to the test
+        results.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_processes_creating_one_new_database_at_once_all_open_it(tmp_path):
+    """Two launches (or workers on several machines) creating the same new storage at once: one
+    creates the schema, the others' colliding CREATE/INSERT is retried instead of ending the
+    process with "table studies already exists" (seen when two launches shared a fresh SQLite)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    for round_ in range(3):
+        url = f"sqlite:///{tmp_path / f'new{round_}.db'}"
+        results = ctx.Queue()
+        start = time.time() + 4  # after the spawned interpreters have imported
+        procs = [ctx.Process(target=_open_at, args=(url, start, results)) for _ in range(4)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+        outcomes = [results.get(timeout=5) for _ in procs]
+        assert outcomes == ["ok"] * 4, outcomes

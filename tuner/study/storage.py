@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -117,13 +118,30 @@ def make_storage(url: str | None, *, heartbeat: bool = True, create: bool = True
         kwargs = dict(heartbeat_interval=interval, grace_period=grace,
                       heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
     try:
-        return RetryingRDBStorage(url, engine_kwargs=engine_kwargs, outage_seconds=outage_window(), **kwargs)
+        for attempt in range(CREATE_ATTEMPTS):
+            try:
+                return RetryingRDBStorage(url, engine_kwargs=engine_kwargs, outage_seconds=outage_window(), **kwargs)
+            except SQLAlchemyError as exc:
+                # two processes creating the same new database at once (two launches, workers on
+                # several machines): the loser's CREATE/INSERT collides with the winner's; the
+                # schema exists now, so opening again succeeds
+                if attempt + 1 == CREATE_ATTEMPTS or not _creation_race(exc):
+                    raise
+                time.sleep(0.2 * (attempt + 1))
     except ImportError as exc:
         raise StorageError(f"the database driver for {redact(url)} is not installed ({exc.name or exc}); "
                            "PostgreSQL needs `pip install psycopg[binary]` (postgresql+psycopg://)") from None
     except (SQLAlchemyError, OSError, ValueError) as exc:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         raise StorageError(f"cannot open storage {redact(url)}: {redact(reason)}") from None
+
+
+CREATE_ATTEMPTS = 5
+
+
+def _creation_race(exc: Exception) -> bool:
+    reason = str(getattr(exc, "orig", None) or exc).lower()
+    return any(s in reason for s in ("unique constraint", "already exists", "duplicate key"))
 
 
 def study_names(storage: Any) -> list[str]:
