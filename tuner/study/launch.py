@@ -147,6 +147,9 @@ def launch(config: str, *, trials: int | None, study_name: str | None, url: str 
     counts = count_trials(study)
     log.info("%s study %r in %s: %d/%d finished", "created" if created else "resuming", name, redact(url),
              counts.finished, budget)
+    if cfg.sampler == "gp" and cfg.pruner != "none" and not cfg.objective.multi_objective:
+        log.warning("sampler gp learns only from completed trials: it proposes pruned settings again, so "
+                    "pruner %s stops most of its trials (bench/search.py); use sampler tpe to prune", cfg.pruner)
     if create_only:
         return Launched(0, study, cfg, finished=False)
     if cfg.model.is_default:  # train once here, not in every worker at the same time
