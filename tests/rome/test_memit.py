@@ -13,8 +13,9 @@ from tuner.errors import ConfigError
 from tuner.rome.hooks import Trace, get_module
 from tuner.rome.hparams import ROMEHyperParams, preset
 
-# v* settings of the `verify` preset (they edit the default model); window 0-1 of its 4 layers
-E2E = preset("verify", ROMEHyperParams(method="memit", layer=0, window_size=2))
+# v* settings of the `verify` preset (they edit the default model) with MEMIT's clamp measured
+# against the residual stream (clamp 2: tuner.rome.memit's sweep); window 0-1 of its 4 layers
+E2E = preset("verify", ROMEHyperParams(method="memit", layer=0, window_size=2)).replace(clamp_norm_factor=2.0)
 SMALL = ROMEHyperParams(method="memit", layer=0, window_size=2, v_num_grad_steps=5, v_lr=0.5, v_weight_decay=0.01,
                         mom2_n_tokens=2000, context_template_length_params=((3, 3),))
 
@@ -196,10 +197,10 @@ def chatglm_editor(kb, tmp_path_factory, stats_texts):
 def test_left_padded_sequence_first_batch_equals_one_by_one(chatglm_editor, facts):
     """A fact's z target (v*), its keys at the bottom layer and its z are the same inside a
     left-padded sequence-first batch as alone (ΔW and the upper layers' keys differ by design:
-    they depend on all facts); a batch of one is ROME's v*/k* for that fact; chunking the
-    forward passes changes nothing."""
+    they depend on all facts); a batch of one is ROME's v*/k* for that fact, with MEMIT's clamp
+    and decay (measured against the residual stream); chunking the forward passes changes nothing."""
     from tuner.rome.compute_k import compute_k
-    from tuner.rome.compute_v import compute_v
+    from tuner.rome.compute_v import compute_vs
 
     ed = chatglm_editor
     assert ed.adapter.seq_first and ed.adapter.padding_side == "left"
@@ -221,9 +222,11 @@ def test_left_padded_sequence_first_batch_equals_one_by_one(chatglm_editor, fact
         assert float((batch.z[:, j] - alone.z[:, 0]).norm()) <= 1e-5 * float(alone.z[:, 0].norm())
         assert float((batch.keys[1][:, j] - alone.keys[1][:, 0]).norm()) <= 1e-5 * float(alone.keys[1].norm())
         if j == 0:  # the batch of one is exactly the single-fact ROME computation at the window's layers
-            single = compute_v(ed.model, ed.tok, ed.adapter, hp.replace(layer=2), fact.prompt, fact.subject,
-                               _requests(ed, [fact])[0].target_ids, templates)
+            single = compute_vs(ed.model, ed.tok, ed.adapter, hp.replace(layer=2), _requests(ed, [fact]), templates,
+                                norm_of="block")[0]
             assert torch.equal(single.v_star, a.v_star)
+            rome = compute_vs(ed.model, ed.tok, ed.adapter, hp.replace(layer=2), _requests(ed, [fact]), templates)[0]
+            assert not torch.equal(rome.v_star, a.v_star)  # ROME measures the decay against ‖v₀‖
             k = compute_k(ed.model, ed.tok, ed.adapter, 1, fact.prompt, fact.subject, templates, hp.fact_token)
             torch.testing.assert_close(alone.keys[1][:, 0], k.double(), rtol=1e-5, atol=1e-6)
 
@@ -233,7 +236,7 @@ def test_memit_edits_eight_facts_at_once(editor):
     """The first 8 facts of the synthetic set, one MEMIT update over layers 0-1 with the default
     λ: efficacy (mean log P(new) > mean log P(true) on the rewrite prompt) for at least 6 of 8.
     Measured: 7/8 (fact 6 fails: its v* reaches P(new) 0.02 only; ROME at layer 1 misses it
-    too), specificity 0.975; the λ sweep is in tuner.rome.memit's docstring."""
+    too), specificity 1.0; the λ and clamp sweeps are in tuner.rome.memit's docstring."""
     from tuner.facts.schema import load_facts
     from tuner.rome.evaluate import edit_metrics, score_facts
     from tuner.rome.memit import weight_updates
@@ -250,3 +253,17 @@ def test_memit_edits_eight_facts_at_once(editor):
     efficacy = [m["efficacy"] for m in metrics]
     assert sum(efficacy) >= 6, efficacy
     assert sum(m["specificity"] for m in metrics) / 8 >= 0.9
+
+
+def test_clamp_is_measured_against_the_residual_stream(editor, facts):
+    """MEMIT's (and EasyEdit's) clamp: ‖δ‖ ≤ clamp_norm_factor · ‖h‖, h the residual stream after
+    block ``top`` at the fact token, not ROME's ‖v₀‖ (the MLP output, several times smaller): an
+    exported MEMIT clamp_norm_factor must mean what it means in EasyEdit."""
+    hp = SMALL.replace(clamp_norm_factor=0.5, v_lr=3.0, v_num_grad_steps=8, early_stop_loss=None)
+    fs = facts[:3]
+    plan = _plan(editor, hp, fs)
+    h = _hidden_at_top(editor, hp, fs).norm(dim=0)
+    for v, h_norm in zip(plan.vs, h.tolist()):
+        delta, v0 = float((v.v_star - v.value_init).norm()), float(v.value_init.norm())
+        assert delta <= hp.clamp_norm_factor * h_norm * (1 + 1e-4)
+        assert delta > 1.5 * hp.clamp_norm_factor * v0  # beyond what ROME's clamp would allow

@@ -5,7 +5,8 @@ with Adam on
     loss = NLL(new target | context + prompt)                         (rewrite prompts)
          + kl_factor · KL(P(· | "{subject} is a") ‖ P₀)               (essence drift)
          + v_weight_decay · ‖δ‖ / ‖v₀‖²                               (keep δ small)
-after each step δ is clamped to ``clamp_norm_factor · ‖v₀‖``.
+after each step δ is clamped to ``clamp_norm_factor · ‖v₀‖``. (MEMIT measures the decay and the
+clamp against the residual stream's norm instead: ``norm_of="block"``.)
 
 Step semantics are ROME's and EasyEdit's: ``v_num_grad_steps`` forward passes, an Adam step
 after every one but the last, and a stop as soon as the total loss is below
@@ -139,12 +140,19 @@ def compute_vs(
     max_facts_per_chunk: int | None = None,
     tokens_per_chunk: int = TOKENS_PER_CHUNK,
     on_step: Callable[[int, list[float]], None] | None = None,
+    norm_of: str = "module",
 ) -> list[VResult]:
     """v* for every request, optimised together (see the module docstring). A forward pass
     holds at most ``tokens_per_chunk`` padded tokens (whole facts, at least one) and at most
     ``max_facts_per_chunk`` facts. ``on_step(step, probs)`` runs after every forward pass with
     each fact's latest P(new | bare prompt): the worker's interrupt checkpoint and the pruner's
-    intermediate value; it may raise to abandon the optimisation."""
+    intermediate value; it may raise to abandon the optimisation.
+
+    ``norm_of`` is the norm the clamp and the weight decay are measured against: ``module``, the
+    rewrite module's output v₀ (ROME's), or ``block``, the residual stream after block
+    ``hp.layer`` at the fact token (MEMIT's ``target_init``; δ is the same δ either way)."""
+    if norm_of not in ("module", "block"):
+        raise ValueError(f"norm_of must be 'module' or 'block', got {norm_of!r}")
     device = next(model.parameters()).device
     module = adapter.rewrite.format(hp.layer)
     F = len(requests)
@@ -178,30 +186,32 @@ def compute_vs(
     # Keys, values, the KL reference and block L−1's output (replayed from now on): one no-grad
     # pass over every fact's rows, in chunks.
     kl_init: list[torch.Tensor] = [torch.empty(0)] * F
-    keys, values = [None] * F, [None] * F
+    keys, values, refs = [None] * F, [None] * F, [None] * F
 
     def kwargs_of(rows: torch.Tensor) -> dict[str, torch.Tensor]:
         return {k: v[rows] for k, v in full_kwargs.items()}
 
     def initial(part: list[int]) -> None:
         rows = data.of(part)
+        block = adapter.layer.format(hp.layer) if norm_of == "block" else module
         with torch.no_grad(), replay.recording(rows), \
-                Trace(model, module, retain_input=True, retain_output=True) as tr:
+                Trace(model, module, retain_input=True, retain_output=True) as tr, \
+                Trace(model, block, retain_output=True) as tb:
             logits = model(**kwargs_of(rows)).logits
-        x, y = tr.input, tr.output
-        if adapter.seq_first:
-            x, y = x.transpose(0, 1), y.transpose(0, 1)  # (T, B, d) -> (B, T, d); logits are (B, T, V)
+        x, y, h = tr.input, tr.output, tb.output
+        if adapter.seq_first:  # (T, B, d) -> (B, T, d); logits are (B, T, V)
+            x, y, h = x.transpose(0, 1), y.transpose(0, 1), h.transpose(0, 1)
         for j, f in enumerate(part):
             bare = j * P  # row 0 of the fact is the bare prompt "{}"
             col = data.edit_col[rows[bare]]
-            keys[f], values[f] = x[bare, col].float(), y[bare, col].float()
+            keys[f], values[f], refs[f] = x[bare, col].float(), y[bare, col].float(), h[bare, col].float()
             kl_row = j * P + P - 1
             kl_init[f] = logits[kl_row, data.edit_col[rows[kl_row]]].float().log_softmax(-1)
 
     run_chunked(initial, list(range(F)))
     key, value_init = torch.stack(keys), torch.stack(values)  # (F, d_ff), (F, d_model)
     kl_ref = torch.stack(kl_init)  # (F, V)
-    init_norm = value_init.norm(dim=-1)  # (F,)
+    init_norm = torch.stack(refs).norm(dim=-1)  # (F,) ‖v₀‖, or ‖h‖ for MEMIT
 
     delta = torch.zeros_like(value_init, requires_grad=True)  # (F, d_model)
     opt = torch.optim.Adam([delta], lr=hp.v_lr)

@@ -140,8 +140,10 @@ class ROMEHyperParams:
     v_num_grad_steps: int = knob(20, "forward passes of the v* optimisation (at most one Adam step fewer)", min=1,
                                  easyedit="v_num_grad_steps", flag="steps")
     v_lr: float = knob(0.5, "Adam learning rate of v*", min=0, min_open=True, easyedit="v_lr")
-    v_weight_decay: float = knob(0.5, "weight of ‖δ‖/‖v₀‖² in the v* loss", min=0, easyedit="v_weight_decay")
-    clamp_norm_factor: float = knob(4.0, "‖δ‖ is clamped to this multiple of ‖v₀‖", min=0, min_open=True,
+    v_weight_decay: float = knob(0.5, "weight of ‖δ‖/‖v₀‖² in the v* loss (MEMIT: ‖δ‖/‖h‖², h the residual stream)",
+                                min=0, easyedit="v_weight_decay")
+    clamp_norm_factor: float = knob(4.0, "‖δ‖ is clamped to this multiple of ‖v₀‖ (MEMIT: of ‖h‖, as in EasyEdit)",
+                                    min=0, min_open=True,
                                     easyedit="clamp_norm_factor")
     kl_factor: float = knob(0.0625, "weight of the essence-drift KL term", min=0, easyedit="kl_factor")
     lr_schedule: Literal["constant", "cosine"] = knob("constant", "learning-rate schedule of v*",

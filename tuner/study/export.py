@@ -96,10 +96,6 @@ def _write_easyedit(path: Path, study: Any, trial: Any, cfg: StudyConfig, hp: RO
         lines.append(f"#   method: hybrid  [no such method] * — ROME at layer {hp.layer} (rome_hparams.yaml), then "
                      "MEMIT (memit_hparams.yaml) for the facts whose ROME edit falls short: P(new) < "
                      f"{hp.hybrid_min_prob} or rebound > {hp.hybrid_max_rebound}")
-    if memit:
-        lines.append("# clamp_norm_factor and v_weight_decay: rome-tuner measures δ against the MLP output's norm "
-                     "(as ROME does), EasyEdit's MEMIT against the hidden state's: the same number allows a larger δ "
-                     "there.")
     for name, value in not_expressible(hp).items():
         if memit and name in MEMIT_ONLY or name.startswith("hybrid_") or name == "method":
             continue
