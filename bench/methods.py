@@ -6,7 +6,9 @@ ChatGLM3-interface test model (sequence-first, left-padded; ``tests/chatglm``).
 
 For each model: the same 20 facts (the first of studies/facts/synthetic_edits.json) and the
 same v* settings (the default study's fixed hyperparameters at layer 0; MEMIT's window 0-1,
-λ = mom2_update_weight's default), edited with every method in every mode
+λ = mom2_update_weight's default; MEMIT's clamp, measured against the residual stream's norm
+(≈ 5× the MLP output's here), is --memit-clamp; the hybrid's MEMIT pass keeps the study's clamp),
+edited with every method in every mode
 (``tuner.rome.modes``). Per cell: efficacy (share of facts whose new target beats the true one
 on the rewrite prompt), neighbourhood specificity, paraphrase efficacy, the share of facts that
 got a MEMIT pass, and in sequential mode the retention (of the facts edited successfully right
@@ -43,6 +45,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--facts", type=int, default=20, help="facts per cell (default 20)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    ap.add_argument("--memit-clamp", type=float, default=2.0,
+                    help="MEMIT's clamp_norm_factor, a multiple of the residual stream's norm as in EasyEdit "
+                         "(default 2: the best of tuner.rome.memit's sweep)")
     args = ap.parse_args()
     import torch
 
@@ -54,9 +59,10 @@ def main() -> None:
     root = Path(__file__).resolve().parents[1]
     facts = load_facts(root / "studies/facts/synthetic_edits.json")[: args.facts]
     hp = StudyConfig.load(root / "studies/default.yaml").hparams.replace(layer=0, window_size=2)
+    clamps = {"rome": hp.clamp_norm_factor, "memit": args.memit_clamp, "hybrid": hp.clamp_norm_factor}
     print(f"{len(facts)} facts per cell; v*: {hp.v_num_grad_steps} steps, v_lr {hp.v_lr}, v_weight_decay "
-          f"{hp.v_weight_decay}, clamp {hp.clamp_norm_factor}, kl {hp.kl_factor}; ROME at layer 0, MEMIT layers 0-1, "
-          f"λ {hp.mom2_update_weight:g}")
+          f"{hp.v_weight_decay}, kl {hp.kl_factor}, clamp {hp.clamp_norm_factor} (× ‖v₀‖; memit: {args.memit_clamp} × "
+          f"‖h‖); ROME at layer 0, MEMIT layers 0-1, λ {hp.mom2_update_weight:g}")
     head = f"{'model':<30}{'method':<8}{'mode':<13}{'efficacy':>9}{'specif.':>9}{'paraph.':>9}{'MEMIT':>7}" \
            f"{'retention':>11}{'s':>7}"
     print(head)
@@ -66,7 +72,8 @@ def main() -> None:
             for method in ("rome", "memit", "hybrid"):
                 for mode in MODES:
                     t0 = time.perf_counter()
-                    ms = [r.metrics for r in run_edits(editor, facts, hp.replace(method=method), mode)]
+                    ms = [r.metrics for r in run_edits(editor, facts, hp.replace(method=method,
+                                                                      clamp_norm_factor=clamps[method]), mode)]
                     seconds = time.perf_counter() - t0
                     n = len(ms)
 

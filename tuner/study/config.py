@@ -65,9 +65,8 @@ class StudyConfig:
     chosen by ``bench/search.py`` (README, "Search efficiency")."""
     pruner_warmup: int = 5
     """Optimisation steps a trial runs before the median/percentile pruner may stop it (and the
-    step at which the Wilcoxon pruner compares facts). 5, the first checkpoint: on the default
-    study the mean P(new) after 5 steps already ranks trials as well as after 20 (Spearman ≈ 0.7
-    with the final score), and only an early stop saves most of a trial (``bench/search.py``)."""
+    step at which the Wilcoxon pruner compares facts). 5, the first checkpoint: only an early
+    stop saves most of a trial (``bench/search.py``; README, "Search efficiency")."""
     trials: int = 200
     description: str = ""
     base_dir: str = "."
