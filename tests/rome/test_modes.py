@@ -98,3 +98,10 @@ def test_hybrid_rule_decides_the_memit_pass(editor, facts):
     assert [a.metrics["final_prob"] for a in always] != pytest.approx([r.metrics["final_prob"] for r in rome],
                                                                       abs=1e-4)
     assert all(a.metrics["update_norm"] != pytest.approx(r.metrics["update_norm"]) for a, r in zip(always, rome))
+    # the MEMIT pass has its own clamp (measured against the residual stream); the ROME pass does not read it
+    tight = run_edits(editor, group, _hp(editor, method="hybrid", hybrid_min_prob=1.01, hybrid_clamp_norm_factor=0.05),
+                      "independent")
+    assert [t.metrics["update_norm"] for t in tight] != pytest.approx([a.metrics["update_norm"] for a in always])
+    never_tight = run_edits(editor, group, _hp(editor, method="hybrid", hybrid_min_prob=0.0, hybrid_max_rebound=1.0,
+                                               hybrid_clamp_norm_factor=0.05), "independent")
+    assert [r.metrics["final_prob"] for r in never_tight] == pytest.approx([r.metrics["final_prob"] for r in never])

@@ -144,9 +144,12 @@ def test_memit_and_hybrid_export_as_easyedit_memit(tmp_path):
     assert hp.v_lr == memit.v_lr and hp.clamp_norm_factor == memit.clamp_norm_factor
     assert "EasyEdit reproduces this setting" in paths[1].read_text()
     assert _load_strict(paths[2]).layers == [base.layer]  # the best ROME setting beside it
-    hybrid = base.replace(method="hybrid", window_size=2)
+    hybrid = base.replace(method="hybrid", window_size=2, clamp_norm_factor=9.0, hybrid_clamp_norm_factor=1.5)
     paths = export_best(_study([(0.9, hybrid, 0)]), StudyConfig(), out_dir=tmp_path / "h")
     assert [p.name for p in paths] == ["study.yaml", "rome_hparams.yaml", "memit_hparams.yaml"]
     for path in paths[1:]:
         assert "CANNOT reproduce" in path.read_text() and "method: hybrid" in path.read_text()
     assert _load_strict(paths[2], EasyEditMEMITHyperParams).layers == [1, 2]
+    # each pass with its own clamp, as MEMIT and ROME measure it
+    assert _load_strict(paths[1]).clamp_norm_factor == 9.0
+    assert _load_strict(paths[2], EasyEditMEMITHyperParams).clamp_norm_factor == 1.5

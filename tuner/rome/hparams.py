@@ -135,6 +135,11 @@ class ROMEHyperParams:
     hybrid_max_rebound: float = knob(0.1, "hybrid: a fact whose v* optimisation rebounds (peak − end of "
                                      "P(new)) by more than this is edited again with MEMIT", min=0,
                                      when=("method", ("hybrid",)))
+    # MEMIT measures its clamp against the residual stream (≈ 5× the MLP output on the default
+    # model), so the hybrid's two passes need two clamps, as EasyEdit's two hparams files have
+    hybrid_clamp_norm_factor: float = knob(
+        2.0, "hybrid: clamp_norm_factor of the MEMIT pass (a multiple of the residual stream's norm, as MEMIT "
+        "measures it; the ROME pass keeps clamp_norm_factor)", min=0, min_open=True, when=("method", ("hybrid",)))
     fact_token: Literal["subject_last", "subject_first", "last"] = knob(
         "subject_last", "token whose key selects the subject", easyedit="fact_token")
     v_num_grad_steps: int = knob(20, "forward passes of the v* optimisation (at most one Adam step fewer)", min=1,

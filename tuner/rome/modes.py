@@ -9,7 +9,9 @@ Methods:
           ``hp.layer`` first; a fact whose ROME edit falls short — P(new | rewrite prompt) on the
           edited model below ``hybrid_min_prob``, or a rebound of its v* trajectory (peak − end)
           above ``hybrid_max_rebound`` — then gets a MEMIT pass over the window, whose targets z
-          are optimised on the ROME-edited model: MEMIT carries the residual ROME left.
+          are optimised on the ROME-edited model: MEMIT carries the residual ROME left. The MEMIT
+          pass clamps with ``hybrid_clamp_norm_factor`` (× the residual stream's norm, as MEMIT
+          measures it), the ROME pass with ``clamp_norm_factor`` (× ‖v₀‖).
 
 Modes:
   independent  every fact edited alone on the original weights; ROME's K edits are scored in
@@ -96,6 +98,8 @@ def _requests(editor: Editor, facts: Sequence[Any]) -> list[VRequest]:
 
 
 def _memit(editor: Editor, facts: Sequence[Any], hp: ROMEHyperParams, on_step: OnStep | None) -> MemitPlan:
+    if hp.method == "hybrid":  # the hybrid's MEMIT pass has its own clamp (MEMIT measures it against ‖h‖)
+        hp = hp.replace(clamp_norm_factor=hp.hybrid_clamp_norm_factor)
     def cov_of(layer: int) -> torch.Tensor | None:
         return editor.mom2(layer, hp.mom2_n_tokens) if hp.mom2_adjustment else None
 

@@ -68,9 +68,12 @@ MEMIT_ONLY = ("method", "window_size", "mom2_update_weight")
 
 
 def easyedit_memit_hparams(cfg: StudyConfig, hp: ROMEHyperParams, adapter: Adapter, n_layers: int) -> dict[str, Any]:
-    """EasyEdit's MEMIT hparams: the v* knobs as for ROME, the window as ``layers``, λ."""
+    """EasyEdit's MEMIT hparams: the v* knobs as for ROME, the window as ``layers``, λ; a hybrid's
+    MEMIT pass with its own clamp (``hybrid_clamp_norm_factor``)."""
     from tuner.rome.memit import window
 
+    if hp.method == "hybrid":
+        hp = hp.replace(clamp_norm_factor=hp.hybrid_clamp_norm_factor)
     d = easyedit_hparams(cfg, hp, adapter, n_layers)
     d.pop("context_template_length_params", None)  # EasyEdit's MEMIT has no such field
     return {**d, "alg_name": "MEMIT", "layers": window(hp, n_layers), "layer_selection": "all",
@@ -95,7 +98,8 @@ def _write_easyedit(path: Path, study: Any, trial: Any, cfg: StudyConfig, hp: RO
     if hp.method == "hybrid":
         lines.append(f"#   method: hybrid  [no such method] * — ROME at layer {hp.layer} (rome_hparams.yaml), then "
                      "MEMIT (memit_hparams.yaml) for the facts whose ROME edit falls short: P(new) < "
-                     f"{hp.hybrid_min_prob} or rebound > {hp.hybrid_max_rebound}")
+                     f"{hp.hybrid_min_prob} or rebound > {hp.hybrid_max_rebound}; the MEMIT pass's clamp is "
+                     "hybrid_clamp_norm_factor")
     for name, value in not_expressible(hp).items():
         if memit and name in MEMIT_ONLY or name.startswith("hybrid_") or name == "method":
             continue
