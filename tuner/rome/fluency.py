@@ -21,6 +21,7 @@ n-gram distribution over GEN_TOKENS greedy tokens (trigrams weighted double, as 
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections import Counter
 from collections.abc import Sequence
@@ -31,7 +32,7 @@ import torch
 
 from tuner.rome.adapters import Adapter
 from tuner.rome.rank_one import RowUpdates
-from tuner.rome.tokens import encode, make_batch, pad_id_of, padding_side
+from tuner.rome.tokens import accepts_position_ids, encode, make_batch, pad_id_of, padding_side
 
 GEN_TOKENS = 16
 MAX_UPDATE_NORM = 25.0
@@ -41,9 +42,16 @@ MAX_ENTROPY_DROP = 0.5
 @torch.no_grad()
 def greedy_continuations(model: Any, tok: Any, adapter: Adapter, prompts: Sequence[str],
                          n_tokens: int = GEN_TOKENS, *, edits: RowUpdates | None = None,
-                         prompt_fact: Sequence[int] | None = None) -> list[list[int]]:
-    """The next ``n_tokens`` greedy tokens after each prompt (no cache: a few short prompts).
-    With ``edits``, prompt i is continued under the rank-one update of fact ``prompt_fact[i]``."""
+                         prompt_fact: Sequence[int] | None = None, cache: bool = True) -> list[list[int]]:
+    """The next ``n_tokens`` greedy tokens after each prompt. With ``edits``, prompt i is
+    continued under the rank-one update of fact ``prompt_fact[i]``. Models with a key/value
+    cache and explicit positions (the ``transformers`` decoders) run each new token alone
+    (``_cached``, 4-8× faster on the default model); sequence-first models (ChatGLM's remote
+    code, with its own cache format) and ``cache=False`` re-run the whole sequence every step."""
+    if cache and not adapter.seq_first and accepts_position_ids(model):
+        cached = _cached(model, tok, prompts, n_tokens, edits, prompt_fact)
+        if cached is not None:
+            return cached
     device = next(model.parameters()).device
     rows = [encode(tok, p) for p in prompts]
     start = [len(r) for r in rows]
@@ -56,6 +64,35 @@ def greedy_continuations(model: Any, tok: Any, adapter: Adapter, prompts: Sequen
         nxt = logits[torch.arange(len(rows), device=device), last].argmax(-1).tolist()
         rows = [r + [t] for r, t in zip(rows, nxt)]
     return [r[s:] for r, s in zip(rows, start)]
+
+
+_CACHE_KWARG: dict[type, str] = {}
+
+
+def _cached(model: Any, tok: Any, prompts: Sequence[str], n_tokens: int, edits: RowUpdates | None,
+            prompt_fact: Sequence[int] | None) -> list[list[int]] | None:
+    """Greedy decoding with the model's key/value cache: the prompts left-padded (positions
+    count real tokens only), then one token per row and step. None if the model returns no cache."""
+    kind = type(model)
+    if kind not in _CACHE_KWARG:  # transformers ≥ 5.2x calls it `cache`, earlier `past_key_values`
+        params = inspect.signature(model.forward).parameters
+        _CACHE_KWARG[kind] = "cache" if "cache" in params else "past_key_values"
+    device = next(model.parameters()).device
+    batch = make_batch([encode(tok, p) for p in prompts], pad_id=pad_id_of(tok), side="left", device=device)
+    ids, mask, pos = batch.input_ids, batch.attention_mask, batch.position_ids
+    past, out = None, []
+    with nullcontext() if edits is None else edits.rows(torch.tensor(prompt_fact)):
+        for _ in range(n_tokens):
+            step = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+                         **{_CACHE_KWARG[kind]: past})
+            past = step["cache"] if "cache" in step else step.get("past_key_values")
+            if past is None:
+                return None
+            ids = step.logits[:, -1].argmax(-1, keepdim=True)  # (B, 1)
+            out.append(ids)
+            mask = torch.cat([mask, mask.new_ones(len(prompts), 1)], 1)
+            pos = pos[:, -1:] + 1
+    return torch.cat(out, 1).tolist()
 
 
 def ngram_entropy(ids: Sequence[int]) -> float:
