@@ -9,6 +9,7 @@ Prints, per model, measured side by side in this one run:
   * one trial's v* for 8 facts: batched (one optimisation) vs one fact after another;
   * layer statistics: per layer, and every searched layer in one pass (time per layer);
   * MEMIT: the 8 facts in one edit over a two-layer window vs 8 independent ROME edits;
+  * the fluency check's greedy decoding with the key/value cache vs re-running the sequence;
   * peak GPU memory;
   * the modeled wall time of a 200-trial ``studies/chatglm3-6b.yaml`` study: 200 × (mean steps
     × the batched 8-fact step + the per-trial fixed cost), for the early-stop savings given.
@@ -179,6 +180,17 @@ def measure(name: str, model: Any, tok: Any, facts: list, *, layer: int, layers:
         editor.evaluate(fact, hp, plan)
     sync(device)
     evaluation = time.perf_counter() - t0
+    # the fluency check's greedy decoding (8 facts x 5 prompts x 16 tokens): with the key/value
+    # cache and re-running the whole sequence every token; sequence-first models always re-run
+    from tuner.rome.fluency import fluency_prompts, greedy_continuations
+
+    prompts = [p for f in facts for p in fluency_prompts(f)]
+    decoded, decode_s = {}, {}
+    for cache in (True, False):
+        decoded[cache] = greedy_continuations(model, tok, adapter, prompts, cache=cache)
+        decode_s[cache] = timed(lambda: greedy_continuations(model, tok, adapter, prompts, cache=cache), device,
+                                repeat=1)
+    same = sum(a == b for a, b in zip(decoded[True], decoded[False]))
     # MEMIT: 8 facts in one edit over a two-layer window vs 8 independent ROME edits (each its own
     # v*, k* and rank-one update), the same v* steps; C = I (no statistics) in both
     from tuner.rome.memit import memit_plan
@@ -196,7 +208,9 @@ def measure(name: str, model: Any, tok: Any, facts: list, *, layer: int, layers:
     return {"bare_step": bare, "engine_step": engine_step, "batched_step": batched_step,
             "batched_trial": batched[1], "sequential_trial": sequential, "per_layer": per_layer,
             "one_pass": one_pass, "n_layers_pass": len(layers), "peak_gib": peak, "fixed": fixed, "eval": evaluation,
-            "rows": n_rows, "memit_batch": memit, "rome_each": rome_8}
+            "rows": n_rows, "memit_batch": memit, "rome_each": rome_8, "decode_cached": decode_s[True],
+            "decode_whole": decode_s[False], "decode_same": same, "decode_n": len(prompts),
+            "decode_cache_used": not adapter.seq_first}
 
 
 def main() -> None:
@@ -261,6 +275,10 @@ def main() -> None:
             (f"{len(facts)} independent ROME edits (v*, k*, ΔW each), s", f"{m['rome_each']:.2f}"),
             (f"MEMIT, {len(facts)} facts in one edit, layers {layer}-{layer + 1}, s", f"{m['memit_batch']:.2f}"),
             (f"{len(facts)} ROME edits / one MEMIT batch", f"{m['rome_each'] / m['memit_batch']:.2f}x"),
+            (f"fluency decoding ({m['decode_n']} prompts): cached / re-run, s",
+             f"{m['decode_cached']:.2f} / {m['decode_whole']:.2f}" if m["decode_cache_used"]
+             else f"n/a / {m['decode_whole']:.2f}"),
+            ("fluency decoding: identical continuations", f"{m['decode_same']}/{m['decode_n']}"),
             ("peak GPU memory, GiB", f"{m['peak_gib']:.1f}"),
         ]
         for saving in args.early_stop_saving:
