@@ -35,9 +35,9 @@ to C) applies to C_l as it does in ROME.
 Measured on the embedded default model (4-layer Llama, d_ff 512, C over 20 000 tokens), the first
 8 facts of studies/facts/synthetic_edits.json edited at once with the ``verify`` preset's v*
 settings (60 steps, v_lr 0.5, v_weight_decay 1e-3, kl 0.01) and clamp_norm_factor 2 (‖h‖ ≈ 5×
-‖v₀‖ here, so the ROME presets' clamp 12 no longer bounds δ, and larger targets are written less
-faithfully: 4/8 at clamp 12), efficacy = share of facts with mean log P(new) > mean log P(true) on the rewrite
-prompt, specificity as in ``tuner.rome.evaluate``:
+‖v₀‖ here, so the ROME presets' clamp 12 no longer bounds δ, and larger targets are written
+less faithfully: 4/8 at clamp 12), efficacy = share of facts with mean log P(new) > mean
+log P(true) on the rewrite prompt, specificity as in ``tuner.rome.evaluate``:
 
     window 0-1, facts 0-7   λ = 1 … 100: efficacy 7/8 (specificity 0.975-1.0, pre-edit 1.0)
                             λ = 1000: 3/8, 3000 and 15000: 0/8
