@@ -33,6 +33,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -193,12 +194,12 @@ def compute_vs(
 
     def initial(part: list[int]) -> None:
         rows = data.of(part)
-        block = adapter.layer.format(hp.layer) if norm_of == "block" else module
+        block = Trace(model, adapter.layer.format(hp.layer), retain_output=True) if norm_of == "block" else None
         with torch.no_grad(), replay.recording(rows), \
-                Trace(model, module, retain_input=True, retain_output=True) as tr, \
-                Trace(model, block, retain_output=True) as tb:
+                Trace(model, module, retain_input=True, retain_output=True) as tr, block or nullcontext():
             logits = model(**kwargs_of(rows)).logits
-        x, y, h = tr.input, tr.output, tb.output
+        x, y = tr.input, tr.output
+        h = y if block is None else block.output
         if adapter.seq_first:  # (T, B, d) -> (B, T, d); logits are (B, T, V)
             x, y, h = x.transpose(0, 1), y.transpose(0, 1), h.transpose(0, 1)
         for j, f in enumerate(part):

@@ -21,7 +21,6 @@ n-gram distribution over GEN_TOKENS greedy tokens (trigrams weighted double, as 
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections import Counter
 from collections.abc import Sequence
@@ -32,7 +31,7 @@ import torch
 
 from tuner.rome.adapters import Adapter
 from tuner.rome.rank_one import RowUpdates
-from tuner.rome.tokens import accepts_position_ids, encode, make_batch, pad_id_of, padding_side
+from tuner.rome.tokens import accepts_position_ids, encode, forward_params, make_batch, pad_id_of, padding_side
 
 GEN_TOKENS = 16
 MAX_UPDATE_NORM = 25.0
@@ -46,7 +45,7 @@ def greedy_continuations(model: Any, tok: Any, adapter: Adapter, prompts: Sequen
     """The next ``n_tokens`` greedy tokens after each prompt. With ``edits``, prompt i is
     continued under the rank-one update of fact ``prompt_fact[i]``. Models with a key/value
     cache and explicit positions (the ``transformers`` decoders) run each new token alone
-    (``_cached``, 4-8× faster on the default model); sequence-first models (ChatGLM's remote
+    (``_cached``; ``bench/gpu.py --toy``: about 3× faster on the CPU); sequence-first models (ChatGLM's remote
     code, with its own cache format) and ``cache=False`` re-run the whole sequence every step."""
     if cache and not adapter.seq_first and accepts_position_ids(model):
         cached = _cached(model, tok, prompts, n_tokens, edits, prompt_fact)
@@ -66,17 +65,12 @@ def greedy_continuations(model: Any, tok: Any, adapter: Adapter, prompts: Sequen
     return [r[s:] for r, s in zip(rows, start)]
 
 
-_CACHE_KWARG: dict[type, str] = {}
-
-
 def _cached(model: Any, tok: Any, prompts: Sequence[str], n_tokens: int, edits: RowUpdates | None,
             prompt_fact: Sequence[int] | None) -> list[list[int]] | None:
     """Greedy decoding with the model's key/value cache: the prompts left-padded (positions
     count real tokens only), then one token per row and step. None if the model returns no cache."""
-    kind = type(model)
-    if kind not in _CACHE_KWARG:  # transformers ≥ 5.2x calls it `cache`, earlier `past_key_values`
-        params = inspect.signature(model.forward).parameters
-        _CACHE_KWARG[kind] = "cache" if "cache" in params else "past_key_values"
+    # transformers ≥ 5.2x calls it `cache`, earlier versions `past_key_values`
+    cache_kwarg = "cache" if "cache" in forward_params(model) else "past_key_values"
     device = next(model.parameters()).device
     batch = make_batch([encode(tok, p) for p in prompts], pad_id=pad_id_of(tok), side="left", device=device)
     ids, mask, pos = batch.input_ids, batch.attention_mask, batch.position_ids
@@ -84,7 +78,7 @@ def _cached(model: Any, tok: Any, prompts: Sequence[str], n_tokens: int, edits: 
     with nullcontext() if edits is None else edits.rows(torch.tensor(prompt_fact)):
         for _ in range(n_tokens):
             step = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
-                         **{_CACHE_KWARG[kind]: past})
+                         **{cache_kwarg: past})
             past = step["cache"] if "cache" in step else step.get("past_key_values")
             if past is None:
                 return None

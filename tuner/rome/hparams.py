@@ -135,8 +135,8 @@ class ROMEHyperParams:
     hybrid_max_rebound: float = knob(0.1, "hybrid: a fact whose v* optimisation rebounds (peak − end of "
                                      "P(new)) by more than this is edited again with MEMIT", min=0,
                                      when=("method", ("hybrid",)))
-    # MEMIT measures its clamp against the residual stream (≈ 5× the MLP output on the default
-    # model), so the hybrid's two passes need two clamps, as EasyEdit's two hparams files have
+    # MEMIT measures its clamp against the residual stream (several times the MLP output's
+    # norm), so the hybrid's two passes need two clamps, as EasyEdit's two hparams files have
     hybrid_clamp_norm_factor: float = knob(
         2.0, "hybrid: clamp_norm_factor of the MEMIT pass (a multiple of the residual stream's norm, as MEMIT "
         "measures it; the ROME pass keeps clamp_norm_factor)", min=0, min_open=True, when=("method", ("hybrid",)))
@@ -215,6 +215,10 @@ class ROMEHyperParams:
         """Every knob EasyEdit has no key for is at the value EasyEdit behaves as."""
         return all(k.easyedit_behaviour is ANY or getattr(self, k.name) == k.easyedit_behaviour
                    for k in KNOBS.values() if k.easyedit is None)
+
+    def memit_pass(self) -> ROMEHyperParams:
+        """The setting MEMIT runs with: a hybrid's MEMIT pass clamps with ``hybrid_clamp_norm_factor``."""
+        return self.replace(clamp_norm_factor=self.hybrid_clamp_norm_factor) if self.method == "hybrid" else self
 
     def replace(self, **changes: Any) -> ROMEHyperParams:
         unknown = set(changes) - set(KNOBS)

@@ -98,8 +98,7 @@ def _requests(editor: Editor, facts: Sequence[Any]) -> list[VRequest]:
 
 
 def _memit(editor: Editor, facts: Sequence[Any], hp: ROMEHyperParams, on_step: OnStep | None) -> MemitPlan:
-    if hp.method == "hybrid":  # the hybrid's MEMIT pass has its own clamp (MEMIT measures it against ‖h‖)
-        hp = hp.replace(clamp_norm_factor=hp.hybrid_clamp_norm_factor)
+    hp = hp.memit_pass()  # a hybrid's MEMIT pass has its own clamp (MEMIT measures it against ‖h‖)
     def cov_of(layer: int) -> torch.Tensor | None:
         return editor.mom2(layer, hp.mom2_n_tokens) if hp.mom2_adjustment else None
 

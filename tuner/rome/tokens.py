@@ -31,14 +31,19 @@ class Batch:
         return kwargs
 
 
-_ACCEPTS: dict[type, bool] = {}
+_FORWARD_PARAMS: dict[type, frozenset[str]] = {}
+
+
+def forward_params(model: Any) -> frozenset[str]:
+    """The names ``model.forward`` takes (read once per model class)."""
+    cls = type(model)
+    if cls not in _FORWARD_PARAMS:
+        _FORWARD_PARAMS[cls] = frozenset(inspect.signature(model.forward).parameters)
+    return _FORWARD_PARAMS[cls]
 
 
 def accepts_position_ids(model: Any) -> bool:
-    cls = type(model)
-    if cls not in _ACCEPTS:
-        _ACCEPTS[cls] = "position_ids" in inspect.signature(model.forward).parameters
-    return _ACCEPTS[cls]
+    return "position_ids" in forward_params(model)
 
 
 def encode(tok: Any, text: str) -> list[int]:

@@ -72,8 +72,7 @@ def easyedit_memit_hparams(cfg: StudyConfig, hp: ROMEHyperParams, adapter: Adapt
     MEMIT pass with its own clamp (``hybrid_clamp_norm_factor``)."""
     from tuner.rome.memit import window
 
-    if hp.method == "hybrid":
-        hp = hp.replace(clamp_norm_factor=hp.hybrid_clamp_norm_factor)
+    hp = hp.memit_pass()
     d = easyedit_hparams(cfg, hp, adapter, n_layers)
     d.pop("context_template_length_params", None)  # EasyEdit's MEMIT has no such field
     return {**d, "alg_name": "MEMIT", "layers": window(hp, n_layers), "layer_selection": "all",
