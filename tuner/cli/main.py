@@ -62,8 +62,11 @@ def _signals_raise() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from tuner.errors import Interrupted
-    from tuner.study.storage import RedactingFilter, redact
+    from tuner.study.storage import ENV, RedactingFilter, redact, remember_secrets
 
+    # every storage URL on the command line or in the environment: its password-like parts are
+    # removed from all output, even where a library echoes a malformed URL's pieces
+    remember_secrets(" ".join([*(sys.argv[1:] if argv is None else argv), os.environ.get(ENV, "")]))
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,

@@ -2,9 +2,11 @@
 
 Every storage call is retried with backoff (0.5 s doubling to 10 s) for up to ``outage_seconds``
 (``TUNER_DB_OUTAGE_SECONDS``, default 300) when the database is unreachable or the connection
-dropped — a PostgreSQL restart, failover or network blip — reconnecting through the pool
-(pre-pinged connections). One warning when an outage starts and one line when it ends, per
-process, instead of a traceback. Results a worker computed are held in memory and stored when
+dropped — a PostgreSQL restart, failover or network blip — or refuses new connections (too many
+clients, a connection limit, a database still starting up), reconnecting through the pool
+(pre-pinged connections). One warning when an outage starts (naming a refusal as such) and one
+line when it ends, per process, instead of a traceback; Optuna's own warnings about the failed
+statements (SQL and parameters) are dropped meanwhile. Results a worker computed are held in memory and stored when
 the database returns; past the window the error propagates and the trial is retried elsewhere
 once its heartbeat goes stale.
 
@@ -44,11 +46,63 @@ def is_transient(exc: BaseException) -> bool:
         return True
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True
+    if refusal(exc):  # the server is up but refuses connections for now (too many clients, starting up)
+        return True
     if isinstance(exc, StorageInternalError):  # Optuna wraps SQLAlchemy errors raised at commit
         cause = exc.__cause__ or exc.__context__
         return cause is None or is_transient(cause)
     # Optuna's set_trial_state_values reads an unset local when its commit fails (Optuna bug).
     return isinstance(exc, UnboundLocalError) and "updated_state" in str(exc)
+
+
+REFUSALS = ("too many clients", "remaining connection slots are reserved", "connection limit exceeded",
+            "too many connections", "the database system is starting up", "the database system is in recovery mode",
+            "the database system is shutting down", "the database system is not yet accepting connections")
+"""What PostgreSQL answers when it is up but refuses a new connection."""
+
+
+def root_cause(exc: BaseException) -> BaseException:
+    """The database driver's own error behind Optuna's and SQLAlchemy's wrappers."""
+    seen = set()
+    while id(exc) not in seen:
+        seen.add(id(exc))
+        inner = getattr(exc, "orig", None) or exc.__cause__ or exc.__context__
+        if inner is None:
+            break
+        exc = inner
+    return exc
+
+
+def refusal(exc: BaseException) -> str | None:
+    """The server's reason when it refused a connection (``FATAL: sorry, too many clients
+    already``), else None."""
+    text = str(root_cause(exc)).lower()
+    return next((r for r in REFUSALS if r in text), None)
+
+
+def describe(exc: BaseException) -> str:
+    """One line about a storage failure: a refused connection is named as such, never by
+    Optuna's generic "invalid data in the commit" text."""
+    reason = refusal(exc)
+    if reason:
+        return f"the database refused the connection ({reason})"
+    lines = str(root_cause(exc)).strip().splitlines()
+    text = next((ln.strip() for ln in lines if ln.strip() and not ln.startswith("(Background on")), "")
+    return (text or type(exc).__name__)[:200]
+
+
+class _QuietOptunaSQL(logging.Filter):
+    """Optuna logs the failed statement with its parameters (trial attributes) when a query
+    fails ("Caught an error from sqlalchemy ... Falling back"): during an outage that is many
+    lines of SQL per process. The outage line says it once; drop these."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = str(record.msg)
+        return not ("Caught an error from sqlalchemy" in msg and any(
+            s in msg.lower() for s in ("connect", "server closed", "terminating", "refused", "timeout", *REFUSALS)))
+
+
+logging.getLogger("optuna.storages._rdb.storage").addFilter(_QuietOptunaSQL())
 
 
 class _Outage:
@@ -63,8 +117,10 @@ class _Outage:
         with self.lock:
             if self.since is None:
                 self.since = time.monotonic()
-                reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:200]
-                log.warning("database unreachable (%s); retrying for up to %.0f s", reason, window)
+                if refusal(exc):  # up, but refusing: named as such, not as an outage or bad data
+                    log.warning("%s; retrying for up to %.0f s", describe(exc), window)
+                else:
+                    log.warning("database unreachable (%s); retrying for up to %.0f s", describe(exc), window)
 
     def end(self) -> None:
         with self.lock:
