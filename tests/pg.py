@@ -57,7 +57,7 @@ def postgres_server() -> Iterator[str]:
 
 
 @contextmanager
-def postgres_cluster() -> Iterator[Cluster]:
+def postgres_cluster(max_connections: int = 60) -> Iterator[Cluster]:
     """A fresh cluster with an empty database ``tuner_test``; ``.url`` has a password."""
     if not shutil.which("initdb") or not shutil.which("pg_ctl"):
         raise RuntimeError("PostgreSQL server binaries (initdb, pg_ctl) are not on PATH")
@@ -74,7 +74,7 @@ def postgres_cluster() -> Iterator[Cluster]:
     port = _free_port()
     subprocess.run(_as_owner(["initdb", "-D", str(data), "-U", "tuner", "--auth=scram-sha-256",
                               f"--pwfile={pwfile}", "-E", "UTF8"]), check=True, capture_output=True)
-    opts = f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c max_connections=60 -c fsync=off"
+    opts = f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c max_connections={max_connections} -c fsync=off"
     subprocess.run(_as_owner(["pg_ctl", "-D", str(data), "-o", opts, "-l", str(root / "log"), "-w", "start"]),
                    check=True, capture_output=True)
     try:

@@ -86,3 +86,15 @@ class deferred_signals:
 
     def __exit__(self, *exc: object) -> None:
         _deferring[0] -= 1
+
+
+class StudyDeleted(StudyError):
+    """The study was deleted (``tuner delete``) while this command ran it."""
+
+    exit_code = 1
+
+
+class Degraded(TunerError):
+    """Workers exited early and the trial budget was not met: the run is incomplete."""
+
+    exit_code = 3

@@ -72,7 +72,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     x = sub.add_parser("delete", help="delete a study and all its trials from the storage",
                        description="Delete a study (its trials, attributes, dashboard figures) from the storage. "
-                                   "Its exported files and reports under storage/ are kept.")
+                                   "Workers running it stop within a heartbeat (and tuner launch exits) before it "
+                                   "is removed. Its exported files and reports under storage/ are kept.")
     x.add_argument("--study", required=True, help="study name")
     add_storage(x)
     x.add_argument("--yes", action="store_true", help="do not ask for confirmation")
@@ -290,15 +291,14 @@ def copy(args: argparse.Namespace) -> int:
 def delete(args: argparse.Namespace) -> int:
     import sys
 
-    import optuna
-
     from tuner.errors import StudyError
+    from tuner.study.remove import delete_study
     from tuner.study.setup import check_study_name
     from tuner.study.storage import make_storage, redact, resolve_url, study_names
 
     check_study_name(args.study)
     url = resolve_url(args.storage)
-    storage = make_storage(url, heartbeat=False, create=False)
+    storage = make_storage(url, create=False)  # with heartbeats: which running trials have live workers
     if args.study not in study_names(storage):
         raise StudyError(f"study {args.study!r} not found in {redact(url)}")
     n = len(storage.get_all_trials(storage.get_study_id_from_name(args.study), deepcopy=False))
@@ -309,6 +309,6 @@ def delete(args: argparse.Namespace) -> int:
         if answer.strip().lower() not in ("y", "yes"):
             print("not deleted")
             return 1
-    optuna.delete_study(study_name=args.study, storage=storage)
+    delete_study(storage, url, args.study)  # workers stop first; verified gone, else an error
     print(f"deleted study {args.study!r} ({n} trials) from {redact(url)}")
     return 0

@@ -14,13 +14,16 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from typing import Any
 
 from tqdm.auto import tqdm
 
-from tuner.errors import ConfigError, Interrupted, StudyError, TunerError, checkpoint, deferred_signals
+from tuner.errors import (ConfigError, Degraded, Interrupted, StudyDeleted, StudyError, checkpoint,
+                          deferred_signals)
 from tuner.study.config import StudyConfig
 from tuner.study.storage import ENV, make_storage, redact, resolve_url
 
@@ -58,7 +61,35 @@ def plan_workers(workers: str, threads: int | None = None) -> list[dict[str, str
     return [{"device": "cpu", "threads": str(threads)} for _ in range(n)]
 
 
-def _spawn(name: str, url: str, plan: dict[str, str], index: int, *, trust_remote_code: bool) -> subprocess.Popen:
+@dataclass
+class _Worker:
+    """A local worker process; its stderr is passed through to ours, and its last line kept for
+    the report if it exits early."""
+
+    proc: subprocess.Popen
+    index: int
+    tail: deque = field(default_factory=lambda: deque(maxlen=1))
+    reader: threading.Thread | None = None
+
+    def start_reader(self) -> None:
+        def pump() -> None:
+            for line in self.proc.stderr:
+                sys.stderr.write(line)
+                sys.stderr.flush()
+                if line.strip():
+                    self.tail.append(line.strip())
+
+        self.reader = threading.Thread(target=pump, name=f"worker-{self.index}-stderr", daemon=True)
+        self.reader.start()
+
+    @property
+    def last_line(self) -> str:
+        if self.reader is not None:
+            self.reader.join(timeout=5)
+        return self.tail[-1] if self.tail else "(no message)"
+
+
+def _spawn(name: str, url: str, plan: dict[str, str], index: int, *, trust_remote_code: bool) -> _Worker:
     from tuner.study.worker import REMOTE_CODE_ENV
 
     env = {**os.environ, ENV: url}  # the URL (and its password) travels by env, not by argv
@@ -71,7 +102,9 @@ def _spawn(name: str, url: str, plan: dict[str, str], index: int, *, trust_remot
            "--sampler-seed-offset", str(index), "--parent-pid", str(os.getpid())]
     if "threads" in plan:
         cmd += ["--threads", plan["threads"]]
-    return subprocess.Popen(cmd, env=env)
+    worker = _Worker(subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, errors="replace"), index)
+    worker.start_reader()
+    return worker
 
 
 def _postfix(counts: Any) -> str:
@@ -115,6 +148,10 @@ def launch(config: str, *, trials: int | None, study_name: str | None, url: str 
         raise ConfigError(f"--trials must be >= 1, got {budget}")
     url = resolve_url(url)
     validate_study(cfg, name)  # everything checked before any row or file is written
+    if not create_only:  # the directories the model cache, statistics, exports and reports go to
+        from tuner.study.setup import check_local_dirs
+
+        check_local_dirs(cfg, name)
     plans = plan_workers(workers, threads)
     if warm_start_from is not None:
         from tuner.study.storage import sqlite_path
@@ -154,20 +191,27 @@ def launch(config: str, *, trials: int | None, study_name: str | None, url: str 
         return Launched(0, study, cfg, finished=False)
     if cfg.model.is_default:  # train once here, not in every worker at the same time
         cfg.build_default_model(progress=progress)
+    workers: list[_Worker] = []
     procs: list[subprocess.Popen] = []
     bar = tqdm(total=budget, initial=min(counts.finished, budget), desc=f"study {name}", unit="trial",
                disable=not progress, dynamic_ncols=True)
+    deleted = False
     try:
         # While workers run, a signal is acted on here, between polls: raised from the handler it
         # could land in a library's finaliser, where Python prints and drops it.
         with deferred_signals():
             checkpoint()
             if counts.waiting or counts.finished + counts.running < budget:
-                procs = [_spawn(name, url, p, i, trust_remote_code=cfg.model.trust_remote_code)
-                         for i, p in enumerate(plans)]
+                workers = [_spawn(name, url, p, i, trust_remote_code=cfg.model.trust_remote_code)
+                           for i, p in enumerate(plans)]
+                procs = [w.proc for w in workers]
             while any(p.poll() is None for p in procs):
                 time.sleep(1.0)
                 checkpoint()
+                if _being_deleted(storage, study):
+                    deleted = True
+                    _wait_for_deletion_stop(procs)
+                    break
                 counts = count_trials(study)
                 bar.n = min(counts.finished, budget)
                 bar.set_postfix_str(_postfix(counts), refresh=False)
@@ -180,12 +224,55 @@ def launch(config: str, *, trials: int | None, study_name: str | None, url: str 
         print(f"\n{'terminated' if code == 143 else 'interrupted'}: workers stopped, their running trials failed and "
               f"queued again; rerun the same command to resume study {name!r}", file=sys.stderr)
         return Launched(code, study, cfg, finished=False)
+    except Exception:
+        if not _being_deleted(storage, study):
+            raise
+        deleted = True
+        _wait_for_deletion_stop(procs)
+    if deleted or _being_deleted(storage, study):
+        bar.close()
+        raise StudyDeleted(f"study {name!r} is being deleted (tuner delete): its workers stopped; nothing exported")
     counts = count_trials(study)
     bar.n = min(counts.finished, budget)
     bar.set_postfix_str(_postfix(counts))
     bar.close()
-    bad = [p.returncode for p in procs if p.returncode not in (0, None)]
-    if bad and counts.finished < budget:
-        raise TunerError(f"{len(bad)} worker(s) exited with errors (codes {bad}) before the budget was met; "
-                         "see their messages above")
+    return _outcome(study, cfg, workers, counts, budget)
+
+
+def _being_deleted(storage: Any, study: Any) -> bool:
+    from tuner.study.worker import marked_for_deletion
+
+    try:
+        return marked_for_deletion(storage, study._study_id)
+    except Exception:  # noqa: BLE001 - the database is down: not a deletion (the outage is retried elsewhere)
+        return False
+
+
+def _wait_for_deletion_stop(procs: list[subprocess.Popen]) -> None:
+    """Workers see the deletion mark within a heartbeat and stop by themselves; a straggler
+    (frozen, or an old version) is terminated."""
+    from tuner.study.storage import heartbeat_settings
+
+    interval, _ = heartbeat_settings()
+    deadline = time.time() + 2 * interval + 30
+    while any(p.poll() is None for p in procs) and time.time() < deadline:
+        time.sleep(0.5)
+    _stop(procs)
+
+
+def _outcome(study: Any, cfg: StudyConfig, workers: list[_Worker], counts: Any, budget: int) -> Launched:
+    """Every worker that exited early is reported (exit code, its last line); a run whose budget
+    was not met is degraded (exit 3), not a success."""
+    from tuner.study.worker import budget_of
+
+    early = [w for w in workers if w.proc.returncode not in (0, None)]
+    for w in early:
+        print(f"worker {w.index} (pid {w.proc.pid}) exited early with code {w.proc.returncode}: "
+              f"{redact(w.last_line)}", file=sys.stderr)
+    target = min(budget, budget_of(study) or budget)
+    if counts.finished < target:
+        raise Degraded(f"run degraded: {counts.finished}/{target} trials finished; {len(early)} of {len(workers)} "
+                       "worker(s) exited early (above); rerun the same command to resume")
+    if early:
+        print(f"{len(early)} of {len(workers)} worker(s) exited early; the others met the budget", file=sys.stderr)
     return Launched(0, study, cfg, finished=True)

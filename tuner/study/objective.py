@@ -88,6 +88,17 @@ def _rounded(x: Any) -> Any:
     return round(x, 5) if isinstance(x, float) else x
 
 
+def _still_running(trial: Any) -> bool:
+    """The trial is still RUNNING in the storage (not failed as stale by another worker, not
+    deleted with its study): only then are its attributes written."""
+    from optuna.trial import TrialState
+
+    try:
+        return trial.study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING
+    except KeyError:  # the study was deleted
+        return False
+
+
 class Objective:
     def __init__(self, cfg: StudyConfig, editor: Any, facts: list[Fact], space: SearchSpace, *,
                  fingerprint: str, device: str) -> None:
@@ -160,31 +171,34 @@ class Objective:
 
             if isinstance(exc, UpdateFinishedTrialError):
                 raise  # the trial was finished elsewhere: nothing more can be recorded on it
-            if not isinstance(exc, optuna.TrialPruned):
+            if not isinstance(exc, optuna.TrialPruned) and _still_running(trial):
                 reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 if "out of memory" in reason.lower():
                     reason = f"out of memory: {reason}"
                 trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {reason}"[:500])
             raise
         finally:
-            trial.set_user_attr("per_fact", per_fact)
-            trial.set_user_attr("trajectory", trajectories)
-            trial.set_user_attr("seconds", round(time.perf_counter() - t0, 3))
-            trial.set_user_attr("compute_seconds", round(sum(m["compute_seconds"] for m in per_fact), 3))
-            constraint = [float(sum(bool(m["disabling_edit"]) for m in per_fact)),
-                          specificity_violation(per_fact, obj)]
-            trial.set_user_attr(CONSTRAINTS, constraint)  # what tuner's own best-trial logic reads
-            if hasattr(trial, "set_constraint"):  # Optuna ≥ 5: what its samplers read
-                for name, value in zip(CONSTRAINT_NAMES, constraint):
-                    trial.set_constraint(name, value)
-            if per_fact:
-                save_trial_note(trial, per_fact, hp)
-                n = len(per_fact)
-                mean = {k: _rounded(sum(m[k] or 0.0 for m in per_fact) / n) for k in MEAN_METRICS}
-                kept = [m["efficacy"] for m in per_fact if m.get("efficacy_at_edit")]
-                if kept:  # sequential: of the facts edited successfully, the share still edited at the end
-                    mean["retention"] = _rounded(sum(kept) / len(kept))
-                trial.set_user_attr("mean", mean)
+            # a trial failed elsewhere meanwhile (judged stale while this worker was frozen or cut
+            # off) gets nothing more: its retry is another trial, and run_trial drops this result
+            if _still_running(trial):
+                trial.set_user_attr("per_fact", per_fact)
+                trial.set_user_attr("trajectory", trajectories)
+                trial.set_user_attr("seconds", round(time.perf_counter() - t0, 3))
+                trial.set_user_attr("compute_seconds", round(sum(m["compute_seconds"] for m in per_fact), 3))
+                constraint = [float(sum(bool(m["disabling_edit"]) for m in per_fact)),
+                              specificity_violation(per_fact, obj)]
+                trial.set_user_attr(CONSTRAINTS, constraint)  # what tuner's own best-trial logic reads
+                if hasattr(trial, "set_constraint"):  # Optuna ≥ 5: what its samplers read
+                    for name, value in zip(CONSTRAINT_NAMES, constraint):
+                        trial.set_constraint(name, value)
+                if per_fact:
+                    save_trial_note(trial, per_fact, hp)
+                    n = len(per_fact)
+                    mean = {k: _rounded(sum(m[k] or 0.0 for m in per_fact) / n) for k in MEAN_METRICS}
+                    kept = [m["efficacy"] for m in per_fact if m.get("efficacy_at_edit")]
+                    if kept:  # sequential: of the facts edited successfully, the share still edited at the end
+                        mean["retention"] = _rounded(sum(kept) / len(kept))
+                    trial.set_user_attr("mean", mean)
         if obj.multi_objective:
             n = len(per_fact)
             stability = sum(stability_score(m, obj) for m in per_fact) / n

@@ -76,6 +76,37 @@ def validate_study(cfg: StudyConfig, name: str) -> SearchSpace:
     return space
 
 
+def check_local_dirs(cfg: StudyConfig, name: str) -> None:
+    """Every local directory a launch writes to after creating the study — the default model's
+    cache and its lock file, the statistics cache (when C⁻¹ may be used), the exported setting and
+    the report — must be writable, checked before any row is written (a read-only ``TUNER_HOME``
+    with PostgreSQL storage otherwise left a study behind). Writes nothing: the probe is an
+    unnamed temporary file in the nearest existing directory."""
+    import tempfile
+    from pathlib import Path
+
+    from tuner.paths import storage_root
+
+    root = storage_root()
+    targets = [root / "best" / name, root / "reports" / name]
+    if cfg.model.is_default:
+        from tuner.models.build import BuildSpec, model_dir
+
+        targets.append(model_dir(BuildSpec(arch=cfg.model.arch, kb=str(cfg.resolve(cfg.model.kb)))).parent)
+    searched = next((d for d in cfg.search.dimensions if d.name == "mom2_adjustment"), None)
+    if cfg.hparams.mom2_adjustment or (searched is not None and True in (searched.choices or ())):
+        targets.append(root / "stats")
+    for target in targets:
+        existing = next((q for q in (target, *target.parents) if q.exists()), Path("."))
+        try:
+            with tempfile.TemporaryFile(dir=existing):
+                pass
+        except OSError as exc:
+            raise ConfigError(f"cannot write {target} (for the model cache, statistics, exports and reports under "
+                              f"TUNER_HOME={root}): {existing} is not writable ({exc.strerror}); set TUNER_HOME to a "
+                              "writable directory") from None
+
+
 def bound_space(cfg: StudyConfig) -> SearchSpace:
     """The study's search space checked against its model's depth (read without loading weights)."""
     from tuner.models.load import model_adapter

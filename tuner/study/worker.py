@@ -23,6 +23,11 @@ log = logging.getLogger(__name__)
 REMOTE_CODE_ENV = "TUNER_TRUST_REMOTE_CODE"
 MAX_CONSECUTIVE_FAILURES = 5
 POLL_SECONDS = 1.0
+DELETING = "deleting"
+"""Study user attribute set by ``tuner delete``: every worker stops within a heartbeat, the
+launcher exits, and only then is the study removed."""
+STUDY_DELETED = threading.Event()
+"""Set in this process once its study is marked for deletion (or gone)."""
 
 
 @dataclass
@@ -95,9 +100,9 @@ class Heartbeat:
     """Records the trial's heartbeat every ``interval`` seconds in a daemon thread, so a worker
     that dies is noticed; retried through outages by the storage itself."""
 
-    def __init__(self, storage: Any, trial_id: int, interval: float) -> None:
+    def __init__(self, storage: Any, trial_id: int, interval: float, study_id: int | None = None) -> None:
         self._stop = threading.Event()
-        self._storage, self._trial_id, self._interval = storage, trial_id, interval
+        self._storage, self._trial_id, self._interval, self._study_id = storage, trial_id, interval, study_id
         storage.record_heartbeat(trial_id)
         self._thread = threading.Thread(target=self._run, name=f"heartbeat-{trial_id}", daemon=True)
         self._thread.start()
@@ -106,6 +111,9 @@ class Heartbeat:
         while not self._stop.wait(self._interval):
             try:
                 self._storage.record_heartbeat(self._trial_id)
+                if self._study_id is not None and marked_for_deletion(self._storage, self._study_id):
+                    stop_for_deletion()
+                    return
             except Exception as exc:  # noqa: BLE001 - past the outage window: the trial goes stale
                 log.warning("heartbeat of trial id %d not recorded: %s", self._trial_id, str(exc).splitlines()[0])
 
@@ -114,13 +122,31 @@ class Heartbeat:
         self._thread.join(timeout=5)
 
 
+def marked_for_deletion(storage: Any, study_id: int) -> bool:
+    """``tuner delete`` marked the study (or it is gone already)."""
+    try:
+        return bool(storage.get_study_user_attrs(study_id).get(DELETING))
+    except KeyError:  # no such study any more
+        return True
+
+
+def stop_for_deletion() -> None:
+    """The study is being deleted: stop at the next checkpoint, as a SIGTERM would, but say why."""
+    import signal
+
+    if not STUDY_DELETED.is_set():
+        STUDY_DELETED.set()
+        os.kill(os.getpid(), signal.SIGTERM)  # acted on at the next checkpoint (between optimisation steps)
+
+
 WAIT = "wait"
+DELETED = "deleted"
 
 
 def reserve(study: Any, storage: Any, lock: Any, budget: int) -> Any:
     """Under the study's budget lock: a trial to run (a waiting retry first), ``WAIT`` while other
-    workers hold the rest of the budget, or ``None`` once the budget is met. Retried through a
-    database outage like every storage call."""
+    workers hold the rest of the budget, ``None`` once the budget is met, or ``DELETED`` once
+    ``tuner delete`` marked the study. Retried through a database outage like every storage call."""
     import optuna
 
     from tuner.errors import Interrupted
@@ -136,6 +162,8 @@ def reserve(study: Any, storage: Any, lock: Any, budget: int) -> Any:
                 optuna.storages.fail_stale_trials(study)  # a dead worker's trial → FAIL + a WAITING retry
                 fail_silent_trials(study, storage, grace + 2 * interval)
             with lock.held():
+                if marked_for_deletion(storage, study._study_id):  # checked under the lock tuner delete takes
+                    return DELETED
                 counts = count_trials(study)
                 if counts.finished >= budget:
                     return None
@@ -144,7 +172,8 @@ def reserve(study: Any, storage: Any, lock: Any, budget: int) -> Any:
                 trial = None
                 try:
                     trial = study.ask()
-                    reserved = trial, Heartbeat(storage, trial._trial_id, storage.get_heartbeat_interval() or 10)
+                    reserved = trial, Heartbeat(storage, trial._trial_id, storage.get_heartbeat_interval() or 10,
+                                               study._study_id)
                 except Interrupted:  # signalled between creating the trial and running it
                     if trial is not None:
                         study.tell(trial, state=optuna.trial.TrialState.FAIL)
@@ -203,11 +232,20 @@ def run_trial(study: Any, objective: Any, trial: Any, heartbeat: Heartbeat) -> A
     from tuner.errors import Interrupted, checkpoint, deferred_signals
 
     def tell(**kwargs: Any) -> Any:
-        try:
-            return study.tell(trial, **kwargs)
-        except UpdateFinishedTrialError:  # another worker failed it as stale (e.g. a long outage)
-            log.warning("trial %d was finished elsewhere (judged stale); its result is dropped", trial.number)
-            return next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number)
+        # Another worker may have failed this trial as stale meanwhile (this worker was frozen,
+        # e.g. SIGSTOP, or cut off longer than the grace period): its retry is another trial, so
+        # this result is dropped, never told (Optuna raises on telling a finished trial).
+        stored = study._storage.get_trial(trial._trial_id)
+        if stored.state == TrialState.RUNNING:
+            try:
+                return study.tell(trial, **kwargs)
+            except (UpdateFinishedTrialError, ValueError):  # finished elsewhere between the read and the tell
+                stored = study._storage.get_trial(trial._trial_id)
+                if stored.state == TrialState.RUNNING:
+                    raise
+        log.warning("trial %d was finished elsewhere (%s: judged stale while this worker was stopped or cut off); "
+                    "its result is dropped", trial.number, stored.state.name)
+        return stored
 
     try:
         with deferred_signals():  # a signal now takes effect between facts (objective) or below
@@ -217,7 +255,7 @@ def run_trial(study: Any, objective: Any, trial: Any, heartbeat: Heartbeat) -> A
                 return tell(state=TrialState.PRUNED)
             except Interrupted:
                 heartbeat.stop()
-                if tell(state=TrialState.FAIL).state == TrialState.FAIL:
+                if tell(state=TrialState.FAIL).state == TrialState.FAIL and not STUDY_DELETED.is_set():
                     study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number})
                 raise
             except UpdateFinishedTrialError:
@@ -230,6 +268,10 @@ def run_trial(study: Any, objective: Any, trial: Any, heartbeat: Heartbeat) -> A
     finally:
         heartbeat.stop()
         checkpoint()  # a signal that came while the result was being stored
+
+
+class _Deleted(Exception):
+    """The study was marked for deletion: the worker stops (``run_worker`` says so once)."""
 
 
 def watch_parent(parent_pid: int) -> None:
@@ -266,8 +308,34 @@ def run_worker(url: str | None, name: str, *, device: str | None = None, threads
     if parent_pid is not None:
         watch_parent(parent_pid)
     with deferred_signals():  # the worker acts on signals only at its checkpoints, never inside a library
-        return _work(url, name, device=device, threads=threads, quiet=quiet, seed_offset=seed_offset,
-                     trust_remote_code=trust_remote_code, checkpoint=checkpoint)
+        try:
+            return _work(url, name, device=device, threads=threads, quiet=quiet, seed_offset=seed_offset,
+                         trust_remote_code=trust_remote_code, checkpoint=checkpoint)
+        except BaseException as exc:
+            from tuner.study.retrying import is_transient
+
+            # a study deleted under this worker surfaces as whatever call came next (no such
+            # trial, no such study): look once, unless the error is the user's or the database's
+            suspect = isinstance(exc, Exception) and not isinstance(exc, TunerError) and not is_transient(exc)
+            if not (STUDY_DELETED.is_set() or (suspect and _study_gone(url, name))):
+                raise
+    # one line per worker started by hand; under tuner launch the launcher says it once for all
+    log.log(logging.INFO if parent_pid is not None else logging.WARNING,
+            "study %r is being deleted (tuner delete): worker %d stops", name, os.getpid())
+    return 0
+
+
+def _study_gone(url: str, name: str) -> bool:
+    """After an error: was the study deleted (or marked for deletion) under this worker?"""
+    try:
+        from tuner.study.storage import make_storage, study_names
+
+        storage = make_storage(url, heartbeat=False, create=False)
+        if name not in study_names(storage):
+            return True
+        return marked_for_deletion(storage, storage.get_study_id_from_name(name))
+    except Exception:  # noqa: BLE001 - cannot tell: the original error stands
+        return False
 
 
 def _work(url: str, name: str, *, device: str | None, threads: int | None, quiet: bool, seed_offset: int | None,
@@ -313,6 +381,9 @@ def _work(url: str, name: str, *, device: str | None, threads: int | None, quiet
         reserved = reserve(study, storage, lock, budget)
         if reserved is None:
             break
+        if reserved == DELETED:
+            STUDY_DELETED.set()
+            raise _Deleted()
         if reserved == WAIT:
             # Other workers hold the rest of the budget. Wait: if one of them dies, its trial goes
             # stale, is failed here and re-enqueued as WAITING, and this worker runs it.
