@@ -22,6 +22,7 @@ import time
 from typing import Any
 
 from optuna.storages import RDBStorage
+from tuner.errors import checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +148,8 @@ def _retrying(name: str, method: Any) -> Any:
                 if time.monotonic() >= deadline:
                     raise
                 self._outage.start(exc, self.outage_seconds)
+                if threading.current_thread() is threading.main_thread():
+                    checkpoint()  # Ctrl-C, SIGTERM, the launcher gone: stop waiting for the database
                 try:
                     self.engine.dispose()  # drop dead pooled connections; the next call reconnects
                 except Exception:  # noqa: BLE001 - disposing a broken pool may itself fail
