@@ -27,15 +27,16 @@ def _classes() -> tuple[Any, Any, Any]:
     return ChatGLMConfig, ChatGLMForConditionalGeneration, RMSNorm
 
 
-def untrained_chatglm(kb: Any) -> tuple[Any, Any]:
-    """(model, tokenizer): the ChatGLM3-interface model at ``SIZE``, seeded random weights, with a
-    left-padding ``[gMASK] <sop>`` tokenizer over the fact corpus."""
+def untrained_chatglm(kb: Any, size: dict[str, int] | None = None) -> tuple[Any, Any]:
+    """(model, tokenizer): the ChatGLM3-interface model at ``size`` (default ``SIZE``), seeded
+    random weights, with a left-padding ``[gMASK] <sop>`` tokenizer over the fact corpus."""
     from tuner.models.build import make_tokenizer
     from tuner.models.corpus import fact_sentences
 
     config_cls, model_cls, rms_norm = _classes()
     tok = make_tokenizer(fact_sentences(kb), prefix=("[gMASK]", "<sop>"))
-    config = config_cls(padded_vocab_size=len(tok), pad_token_id=tok.pad_token_id, **SIZE)
+    size = {**SIZE, **(size or {})}
+    config = config_cls(padded_vocab_size=len(tok), pad_token_id=tok.pad_token_id, **size)
     config.max_length, config.use_cache = 128, False  # what the upstream code reads, for building it here
     torch.manual_seed(0)
     model = model_cls(config)
@@ -45,7 +46,7 @@ def untrained_chatglm(kb: Any) -> tuple[Any, Any]:
     return model, tok
 
 
-def build_tiny_chatglm(out: Path, kb: Any) -> Path:
+def build_tiny_chatglm(out: Path, kb: Any, *, size: dict[str, int] | None = None, spec: Any = None) -> Path:
     """Train the ChatGLM-style model briefly on the fact corpus and save it as a checkpoint
     directory with auto_map, its own code, a left-padding [gMASK] <sop> tokenizer and weights."""
     from safetensors.torch import save_file
@@ -53,10 +54,11 @@ def build_tiny_chatglm(out: Path, kb: Any) -> Path:
     from tuner.models.build import BuildSpec, train
 
     out.mkdir(parents=True, exist_ok=True)
-    model, tok = untrained_chatglm(kb)
-    model, tok, docs, info = train(BuildSpec(seed=0), kb, model=model, tok=tok, progress=False)
+    model, tok = untrained_chatglm(kb, size)
+    model, tok, docs, info = train(spec or BuildSpec(seed=0), kb, model=model, tok=tok, progress=False)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
-    saved = _classes()[0](padded_vocab_size=len(tok), pad_token_id=tok.pad_token_id, **SIZE).to_dict()
+    saved = _classes()[0](padded_vocab_size=len(tok), pad_token_id=tok.pad_token_id,
+                          **{**SIZE, **(size or {})}).to_dict()
     saved.pop("max_length", None), saved.pop("use_cache", None)
     saved.update(architectures=["ChatGLMForConditionalGeneration"], auto_map={
         "AutoConfig": "configuration_chatglm.ChatGLMConfig",

@@ -174,4 +174,4 @@ def test_checkpoint_without_statistics_corpus_runs_with_mom2_off(tmp_path, tiny_
                    "--no-progress", env=env)
     assert proc.returncode == 0, proc.stderr
     study = optuna.load_study(study_name="ckpt", storage=url)
-    assert study.user_attrs["baseline"]["hparams"]["mom2_adjustment"] is False
+    assert study.user_attrs["references"]["rows"][0]["hparams"]["mom2_adjustment"] is False

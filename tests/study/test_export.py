@@ -123,9 +123,10 @@ def test_export_loads_as_easyedit_and_names_what_it_cannot_express(tmp_path):
     base = ROMEHyperParams()
     study = _study([(0.9, base.replace(v_select="best", v_lr=3.0), 0), (0.6, base.replace(v_lr=0.7), 0)])
     paths = export_best(study, StudyConfig(), out_dir=tmp_path)
+    assert [p.name for p in paths] == ["study.yaml", "rome_hparams_rome_tuner_only.yaml", "rome_hparams.yaml"]
     best, twin = paths[1], paths[2]
     best_hp, twin_hp = _load_strict(best), _load_strict(twin)
-    assert best_hp.v_lr == 3.0 and twin_hp.v_lr == 0.7  # the best EasyEdit can reproduce, beside the best
+    assert best_hp.v_lr == 3.0 and twin_hp.v_lr == 0.7  # rome_hparams.yaml: the best EasyEdit reproduces
     header = best.read_text().split("\nalg_name")[0]
     assert "CANNOT reproduce" in header and "v_select: best  [last] *" in header
     assert "reproduces this setting" in twin.read_text()
@@ -138,15 +139,14 @@ def test_memit_and_hybrid_export_as_easyedit_memit(tmp_path):
     base = ROMEHyperParams()
     memit = base.replace(method="memit", layer=1, window_size=3, mom2_update_weight=250.0)
     paths = export_best(_study([(0.9, memit, 0), (0.5, base, 0)]), StudyConfig(), out_dir=tmp_path / "m")
-    assert [p.name for p in paths] == ["study.yaml", "memit_hparams.yaml", "rome_hparams_easyedit.yaml"]
+    assert [p.name for p in paths] == ["study.yaml", "memit_hparams.yaml"]
     hp = _load_strict(paths[1], EasyEditMEMITHyperParams)
     assert hp.alg_name == "MEMIT" and hp.layers == [1, 2, 3] and hp.mom2_update_weight == 250.0
     assert hp.v_lr == memit.v_lr and hp.clamp_norm_factor == memit.clamp_norm_factor
     assert "EasyEdit reproduces this setting" in paths[1].read_text()
-    assert _load_strict(paths[2]).layers == [base.layer]  # the best ROME setting beside it
     hybrid = base.replace(method="hybrid", window_size=2, clamp_norm_factor=9.0, hybrid_clamp_norm_factor=1.5)
     paths = export_best(_study([(0.9, hybrid, 0)]), StudyConfig(), out_dir=tmp_path / "h")
-    assert [p.name for p in paths] == ["study.yaml", "rome_hparams.yaml", "memit_hparams.yaml"]
+    assert [p.name for p in paths] == ["study.yaml", "rome_hparams_rome_tuner_only.yaml", "memit_hparams.yaml"]
     for path in paths[1:]:
         assert "CANNOT reproduce" in path.read_text() and "method: hybrid" in path.read_text()
     assert _load_strict(paths[2], EasyEditMEMITHyperParams).layers == [1, 2]

@@ -51,12 +51,12 @@ def test_launch_two_workers_sqlite(tmp_path, small_study, env, home):
     finished = states.get("COMPLETE", 0) + states.get("PRUNED", 0)
     assert finished == 12 and states.get("RUNNING", 0) == 0
     assert len(_pids(study)) == 2
-    assert "ROME textbook defaults" in proc.stdout and "best trial #" in proc.stdout
+    assert "best trial #" in proc.stdout and "textbook" in proc.stdout and "unedited" in proc.stdout
     best_yaml, easy_yaml = home / "best/small/study.yaml", home / "best/small/rome_hparams.yaml"
     best = StudyConfig.load(best_yaml)
     assert best.search.dimensions == () and best.hparams.to_dict() == study.best_trial.user_attrs["hparams"]
     easy = yaml.safe_load(easy_yaml.read_text())
-    assert easy["alg_name"] == "ROME" and easy["layers"] == [study.best_trial.params["layer"]]
+    assert easy["alg_name"] == "ROME" and easy["layers"] == [best.hparams.layer]
     assert easy["rewrite_module_tmp"] == "model.layers.{}.mlp.down_proj"
     # every trial is reproducible from what is stored
     t = study.best_trial
@@ -65,7 +65,7 @@ def test_launch_two_workers_sqlite(tmp_path, small_study, env, home):
     first = t.user_attrs["per_fact"][0]
     assert len(t.user_attrs["trajectory"][0]["prob"]) == first["n_steps"] <= t.params["v_num_grad_steps"]
     assert first["n_steps"] == t.params["v_num_grad_steps"] or first["early_stopped"]
-    assert t.user_attrs["context_templates"][0] == "{}" and t.user_attrs["constraints"][0] == 0.0 and len(t.user_attrs["constraints"]) == 2
+    assert t.user_attrs["context_templates"][0] == "{}" and t.user_attrs["constraints"][0] == 0.0 and len(t.user_attrs["constraints"]) == 4
     # status sees both workers
     st = run_cli("status", "--study", "small", "--storage", url, env=env)
     assert st.returncode == 0 and st.stdout.count("worker ") == 2

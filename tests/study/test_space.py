@@ -87,17 +87,32 @@ def test_textbook_and_easyedit_settings_are_the_first_trials(tmp_path, env):
     assert all(t.system_attrs["fixed_params"] not in (first, second) for t in trials[2:])
 
 
-def test_specificity_guard():
-    """A trial whose edits cost more neighbourhood specificity than the guard allows is
-    infeasible (constraint > 0); within the margin, or with the guard off, it is feasible."""
+def test_specificity_guards_relative_and_absolute():
+    """By default specificity is judged against the references (the worse one, less a margin):
+    the references themselves are feasible; the absolute guard (vs the unedited model) applies
+    only when set; a setting that edits no more facts than the unedited model is infeasible."""
     from tuner.study.config import ObjectiveSpec
-    from tuner.study.objective import specificity_violation
+    from tuner.study.scoring import CONSTRAINT_NAMES, Thresholds, constraints
 
-    facts = [{"specificity_pre": 1.0, "specificity": 0.9}, {"specificity_pre": 0.8, "specificity": 0.8}]
-    assert specificity_violation(facts, ObjectiveSpec()) == pytest.approx(0.0)  # mean drop 0.05: at the margin
-    assert specificity_violation(facts[:1], ObjectiveSpec()) == pytest.approx(0.05)  # drop 0.1: infeasible
-    assert specificity_violation(facts[:1], ObjectiveSpec(max_specificity_drop=None)) == 0.0
-    assert specificity_violation([{"specificity_pre": None, "specificity": None}], ObjectiveSpec()) == 0.0
+    def fact(spec: float, eff: float = 1.0) -> dict:
+        return {"specificity_pre": 1.0, "specificity": spec, "efficacy": eff, "efficacy_pre": 0.0,
+                "disabling_edit": False}
+
+    refs = Thresholds(max_disabling=0, min_specificity=0.7, unedited_efficacy=0.0)
+    names = dict(zip(CONSTRAINT_NAMES, range(4)))
+    obj = ObjectiveSpec()
+    assert obj.max_specificity_drop is None and obj.specificity_margin == 0.05
+    ok = constraints([fact(0.7), fact(0.6)], obj, refs)  # mean 0.65: the worse reference less the margin
+    assert ok[names["specificity"]] == pytest.approx(0.0) and all(c <= 0 for c in ok)
+    low = constraints([fact(0.6)], obj, refs)
+    assert low[names["specificity"]] == pytest.approx(0.05)
+    # the absolute guard, when the user sets it: 0.3 below the unedited model is infeasible
+    absolute = constraints([fact(0.7)], ObjectiveSpec(max_specificity_drop=0.05), refs)
+    assert absolute[names["specificity_drop"]] == pytest.approx(0.25)
+    assert constraints([fact(0.6)], ObjectiveSpec(specificity_margin=None), refs)[names["specificity"]] == 0.0
+    # a non-edit: efficacy not above the unedited model's
+    assert constraints([fact(1.0, eff=0.0)], obj, refs)[names["non_edit"]] > 0
+    assert constraints([fact(1.0, eff=0.0), fact(1.0)], obj, refs)[names["non_edit"]] < 0
 
 
 def test_warm_start_from_another_study(tmp_path, env):
@@ -109,13 +124,15 @@ def test_warm_start_from_another_study(tmp_path, env):
     from tests.study.conftest import write_study
 
     url = f"sqlite:///{tmp_path / 't.db'}"
-    first = write_study(tmp_path / "a.yaml", name="a", facts={"per_trial": 2})
-    proc = run_cli("launch", "--config", str(first), "--trials", "4", "--workers", "1", "--storage", url,
+    # long enough optimisations that the random draws edit something (a non-edit is infeasible)
+    first = write_study(tmp_path / "a.yaml", name="a", facts={"per_trial": 2},
+                        search={"v_lr": {"low": 1.0, "high": 5.0, "log": True}})
+    proc = run_cli("launch", "--config", str(first), "--trials", "5", "--workers", "1", "--storage", url,
                    "--no-progress", env=env)
     assert proc.returncode == 0, proc.stderr
     donor = optuna.load_study(study_name="a", storage=url)
-    ranked = sorted(donor.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)),
-                    key=lambda t: -t.value)
+    ranked = sorted((t for t in donor.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+                     if t.user_attrs["score"]["feasible"]), key=lambda t: -t.value)
     second = write_study(tmp_path / "b.yaml", name="b", search={"v_lr": {"low": 0.01, "high": 1.0, "log": True}})
     proc = run_cli("launch", "--config", str(second), "--create-only", "--warm-start-from", "a", "--storage", url,
                    env=env)

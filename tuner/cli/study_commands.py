@@ -113,42 +113,39 @@ def launch(args: argparse.Namespace) -> int:
 
 def summarize(study: Any, cfg: Any, *, progress: bool = True) -> list[Path] | None:
     """Print the outcome of a finished study, validate it on its held-out facts (when it has
-    them), export its best setting and write its report."""
+    them), export its setting and write its report."""
+    from tuner.errors import StudyError
     from tuner.paths import storage_root
     from tuner.report.html import write_report
     from tuner.study.export import best_trial, export_best
+    from tuner.study.verdict import infeasible_reasons, rows_table, trade_off_line, tuning_rows
     from tuner.study.worker import count_trials
 
     counts = count_trials(study)
     print(f"study {study.study_name!r}: {counts.complete} complete, {counts.pruned} pruned, "
           f"{counts.failed} failed")
-    from tuner.errors import StudyError
-
     if counts.infeasible:
-        print(f"{counts.infeasible} complete trial(s) infeasible: a disabling edit or a specificity drop beyond "
-              "the guard (never exported as best)")
+        reasons = ", ".join(f"{n} {why}" for why, n in infeasible_reasons(study).most_common())
+        print(f"{counts.infeasible} complete trial(s) infeasible, never exported: {reasons or 'see the trials'}")
     try:
         trial = best_trial(study)
     except StudyError:
-        print("no completed feasible trial: nothing to export")
-        return None
-    values = ", ".join(f"{v:.4f}" for v in trial.values)
-    if len(study.directions) > 1:
-        names = " vs ".join(study.metric_names or [])
-        print(f"Pareto front ({names}): {len(study.best_trials)} trials; exporting the one with the best first objective")
-    print(f"best trial #{trial.number}: value {values}")
-    mean = trial.user_attrs.get("mean", {})
-    if mean:
-        print(f"  mean final_prob {mean['final_prob']:.4f}  rebound {mean['rebound']:.4f}  "
-              f"efficacy {mean['efficacy']:.2f}  specificity {mean['specificity']:.2f}")
-    for k, v in trial.params.items():
-        print(f"  {k:<20} {v:.5g}" if isinstance(v, float) else f"  {k:<20} {v}")
-    base = study.user_attrs.get("baseline")
-    if base:
-        hp = base["hparams"]
-        print(f"ROME textbook defaults (layer {hp['layer']}, v_lr {hp['v_lr']}, v_weight_decay {hp['v_weight_decay']}, "
-              f"{hp['v_num_grad_steps']} steps) on the same facts: value {base['score']:.4f} "
-              f"(final_prob {base['final_prob']:.4f}, rebound {base['rebound']:.4f})")
+        trial = None
+        print("no completed feasible trial")
+    if trial is not None:
+        if len(study.directions) > 1:
+            names = " vs ".join(study.metric_names or [])
+            print(f"Pareto front ({names}): {len(study.best_trials)} trials; the best first objective is shown")
+        print(f"best trial #{trial.number} on the tuning facts: value {', '.join(f'{v:.4f}' for v in trial.values)}")
+        for k, v in trial.params.items():
+            print(f"  {k:<20} {v:.5g}" if isinstance(v, float) else f"  {k:<20} {v}")
+    rows = tuning_rows(study, trial)
+    if rows:
+        print(rows_table(rows, f"on the {len(cfg.select_facts())} tuning facts (S = CounterFact's harmonic mean of "
+                               "efficacy, paraphrase and specificity):"))
+    line = trade_off_line(study)
+    if line:
+        print(line)
     if cfg.facts.holdout:
         from tuner.errors import TunerError
         from tuner.study.validate import run_validation, table
@@ -157,6 +154,9 @@ def summarize(study: Any, cfg: Any, *, progress: bool = True) -> list[Path] | No
             print(table(run_validation(study, cfg, progress=progress)))
         except TunerError as exc:  # the trials are done: export by the tuning value, say why
             print(f"held-out validation not run ({exc}); exporting the best trial on the tuning facts")
+    if trial is None and not (study.user_attrs.get("holdout") or {}).get("winner"):
+        print("nothing to export")
+        return None
     paths = export_best(study, cfg)
     for path in paths:
         print(f"wrote {path}")
@@ -222,18 +222,25 @@ def status(args: argparse.Namespace) -> int:
     print(f"budget {budget_of(study)}: {c.finished} finished ({c.complete} complete, {c.pruned} pruned), "
           f"{c.running} running, {c.waiting} waiting, {c.failed} failed, {c.infeasible} infeasible "
           "(a disabling edit or a specificity drop beyond the guard)")
+    t = None
     if c.complete > c.infeasible:
         t = best_trial(study)
         print(f"best trial #{t.number}: value {', '.join(f'{v:.4f}' for v in t.values)}  params {t.params}")
-    base = study.user_attrs.get("baseline")
-    if base:
-        print(f"textbook baseline: value {base['score']:.4f}")
+    from tuner.study.verdict import rows_table, trade_off_line, tuning_rows
+
+    rows = tuning_rows(study, t if c.complete > c.infeasible else None)
+    if rows:
+        print(rows_table(rows, "on the tuning facts:"))
+    line = trade_off_line(study)
+    if line:
+        print(line)
     record = study.user_attrs.get("holdout")
     if record:
-        scores = {r["label"]: r.get("score") for r in record["rows"]}
-        winner = f"trial #{record['winner']}" if record["winner"] is not None else "none feasible"
-        print(f"held-out validation on {len(record['facts'])} facts: exported {winner}; "
-              + ", ".join(f"{k} {v:.4f}" for k, v in scores.items() if v is not None))
+        from tuner.study.validate import verdict
+
+        print(f"held-out validation on {len(record['facts'])} facts:")
+        for line in verdict(record):
+            print(f"  {line}")
     workers = Counter()
     for t in study.get_trials(deepcopy=False):
         w = t.user_attrs.get("worker")

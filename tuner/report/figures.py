@@ -91,6 +91,51 @@ def rebound_map(rows: list[Row]) -> Any:
     return fig
 
 
+def trade_off(study: Any) -> Any:
+    """Efficacy vs neighbourhood specificity of every completed trial (means on the tuning
+    facts), the Pareto front joined, its knee circled, and the references marked."""
+    import plotly.graph_objects as go
+
+    from tuner.study.references import REFERENCES
+    from tuner.study.verdict import knee, pareto_front, scored_trials
+
+    title = "Efficacy–specificity trade-off on the tuning facts (Pareto front, knee, references)"
+    trials = scored_trials(study)
+    if not trials:
+        return _empty(title, "no scored trial yet")
+
+    def xy(ts: list[Any]) -> tuple[list[float], list[float]]:
+        return ([t.user_attrs["score"]["efficacy"] for t in ts],
+                [t.user_attrs["score"].get("specificity") or 0.0 for t in ts])
+
+    def text(t: Any) -> str:
+        s = t.user_attrs["score"]
+        return f"trial {t.number}: S {s['S']:.3f}, value {s['value']:.4f}" + ("" if s["feasible"] else f"; {s['why']}")
+
+    fig = go.Figure()
+    x, y = xy(trials)
+    fig.add_trace(go.Scatter(x=x, y=y, mode="markers", name="trials", text=[text(t) for t in trials],
+                             hoverinfo="text", marker=dict(color=["#1f77b4" if t.user_attrs["score"]["feasible"]
+                                                                  else "#aaaaaa" for t in trials], size=7)))
+    front = pareto_front(study)
+    x, y = xy(front)
+    fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name="Pareto front", text=[text(t) for t in front],
+                             hoverinfo="text", line=dict(color="#d62728")))
+    k = knee(front)
+    if k is not None:
+        x, y = xy([k])
+        fig.add_trace(go.Scatter(x=x, y=y, mode="markers", name=f"knee (trial {k.number})", hoverinfo="name",
+                                 marker=dict(size=18, symbol="circle-open", color="#d62728", line=dict(width=2))))
+    for row in (study.user_attrs.get(REFERENCES) or {}).get("rows", []):
+        fig.add_trace(go.Scatter(x=[row["efficacy"]], y=[row.get("specificity") or 0.0], mode="markers+text",
+                                 name=row["label"], text=[row["label"]], textposition="top center",
+                                 marker=dict(size=14, symbol="star")))
+    fig.update_layout(title=title, xaxis_title="efficacy (share of facts edited)",
+                      yaxis_title="neighbourhood specificity", xaxis=dict(range=[-0.05, 1.05]),
+                      yaxis=dict(range=[-0.05, 1.05]))
+    return fig
+
+
 def methods(rows: list[Row]) -> Any:
     """The objective per method over the edited layer (the window's first layer for memit and
     hybrid): which method works where."""

@@ -47,6 +47,7 @@ def build(study: Any, cfg: Any, *, x: str | None = None, y: str | None = None, m
         "loss-surface-3d": surf3d,
         "trajectories": figures.trajectories(rs, top_k),
         "rebound-map": figures.rebound_map(rs),
+        "trade-off": figures.trade_off(study),
         "importance-objective": figures.importance(study, rs, "value"),
         "importance-rebound": figures.importance(study, rs, "rebound"),
         "history": figures.history(study) if complete(rs) else figures._empty("Optimisation history", "no completed trial yet"),
@@ -102,10 +103,15 @@ def summary(study: Any, rs: list) -> str:
         if "retention" in best.mean:
             parts.append(f"<p>Retention (sequential mode): {best.mean['retention']:.2f} of the facts edited "
                          "successfully were still edited on the final model.</p>")
-    base = study.user_attrs.get("baseline")
-    if base:
-        parts.append(f"<p>ROME textbook hyperparameters on the same facts: objective {base['score']:.4f} "
-                     f"(final_prob {base['final_prob']:.4f}, rebound {base['rebound']:.4f}).</p>")
+    from tuner.study.verdict import rows_table, trade_off_line, tuning_rows
+
+    rows = tuning_rows(study, None)
+    if rows:
+        parts.append(f"<h3 id='references'>References on the tuning facts</h3>"
+                     f"<pre>{html.escape(rows_table(rows, 'ROME textbook, EasyEdit defaults, unedited model:'))}</pre>")
+    line = trade_off_line(study)
+    if line:
+        parts.append(f"<p id='trade-off'>{html.escape(line)}</p>")
     record = study.user_attrs.get("holdout")
     if record:
         parts.append(holdout_table(record))
@@ -114,19 +120,21 @@ def summary(study: Any, rs: list) -> str:
 
 def holdout_table(record: dict) -> str:
     """``tuner validate``'s table: the top trials and the references on the held-out facts."""
-    from tuner.study.validate import HEADER, cells, footer
+    from tuner.study.validate import HEADER, cells, verdict
 
     head = "".join(f"<th>{html.escape(c)}</th>" for c in HEADER)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells(r, record["winner"])) + "</tr>"
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells(r, record)) + "</tr>"
                    for r in record["rows"])
+    lines = "".join(f"<li>{html.escape(line)}</li>" for line in verdict(record))
     return (f"<h3 id='holdout'>Held-out validation on {len(record['facts'])} facts (never tuned on)</h3>"
-            f"<table><tr>{head}</tr>{body}</table><p>{html.escape(footer(record))}</p>")
+            f"<table><tr>{head}</tr>{body}</table><ul id='verdict'>{lines}</ul>")
 
 
 TITLES = {
     "loss-surface-3d": "Loss surface (3-D)",
     "trajectories": "Trajectories of the best, median, worst and top trials",
     "rebound-map": "Rebound map",
+    "trade-off": "Efficacy–specificity trade-off",
     "importance-objective": "Importance for the objective",
     "importance-rebound": "Importance for rebound",
     "history": "Optimisation history",

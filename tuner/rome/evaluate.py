@@ -93,7 +93,12 @@ def _mean(x: torch.Tensor) -> float | None:
 
 
 def edit_metrics(pre: dict[str, Any], post: dict[str, Any]) -> dict[str, float | None]:
+    """CounterFact's per-fact measures after the edit (``post``) and, ``_pre``, of the unedited
+    model (``pre``): success = the new target beats the true one (per-token mean log-prob), and
+    probabilities (sequence probability). ``neighborhood_keep``: the share of the true answer's
+    probability the neighbourhood prompts keep, min(1, P_after(true) / P_before(true)) averaged."""
     rw, para, nb = post["rewrite"], post["paraphrase"], post["neighborhood"]
+    pre_rw, pre_para, pre_nb = pre["rewrite"], pre["paraphrase"], pre["neighborhood"]
     return {
         "final_prob": float(rw["p_new"][0]),
         "pre_prob": float(pre["rewrite"]["p_new"][0]),
@@ -102,8 +107,12 @@ def edit_metrics(pre: dict[str, Any], post: dict[str, Any]) -> dict[str, float |
         "paraphrase": _mean(para["lp_new"] > para["lp_true"]),
         "paraphrase_prob": _mean(para["p_new"]),
         "specificity": _mean(nb["lp_true"] > nb["lp_new"]),
-        "specificity_pre": _mean(pre["neighborhood"]["lp_true"] > pre["neighborhood"]["lp_new"]),
-        "neighborhood_drop": _mean(pre["neighborhood"]["p_true"] - nb["p_true"]),
+        "specificity_pre": _mean(pre_nb["lp_true"] > pre_nb["lp_new"]),
+        "neighborhood_drop": _mean(pre_nb["p_true"] - nb["p_true"]),
+        "neighborhood_keep": _mean((nb["p_true"] / pre_nb["p_true"].clamp_min(1e-30)).clamp(max=1.0)),
+        "efficacy_pre": float(pre_rw["lp_new"][0] > pre_rw["lp_true"][0]),
+        "paraphrase_pre": _mean(pre_para["lp_new"] > pre_para["lp_true"]),
+        "paraphrase_prob_pre": _mean(pre_para["p_new"]),
     }
 
 

@@ -31,21 +31,42 @@ __all__ = ["FactSpec", "ModelSpec", "ObjectiveSpec", "StudyConfig"]
 
 @dataclass(frozen=True)
 class ObjectiveSpec:
+    """How a trial is scored and judged (``tuner.study.scoring`` has the formulas)."""
+
+    kind: Literal["edit", "stability"] = "edit"
+    """``edit``: CounterFact's harmonic mean of the efficacy (with the stability term), paraphrase
+    and neighbourhood terms — a non-edit scores ~0, an edit that breaks its neighbours scores low.
+    ``stability``: the plain mission objective final_prob − λ·rebound (+ the weights below)."""
     rebound_penalty: float = 1.0
-    """λ in  score = final_prob − λ·rebound  (per fact; the trial value is the mean)."""
+    """λ in the stability term  final_prob − λ·rebound  (both kinds)."""
     paraphrase_weight: float = 0.0
+    """``stability`` only: + w·P(new | paraphrase)."""
     neighborhood_weight: float = 0.0
+    """``stability`` only: + w·(neighbourhood specificity − 1)."""
     multi_objective: bool = False
     """Two objectives (efficacy − λ·rebound, specificity), both maximised: a Pareto front."""
     max_update_norm: float = 25.0
-    """An edit with ‖ΔW‖/‖W‖ above this is disabling; a trial with a disabling edit is infeasible
-    (``tuner.rome.fluency``: measured thresholds, and how to set it for a large model)."""
+    """An edit with ‖ΔW‖/‖W‖ above this is disabling; a trial with more disabling edits than the
+    references made is infeasible (``tuner.rome.fluency``: measured thresholds, and how to set it
+    for a large model)."""
     max_entropy_drop: float = 0.5
     """An edit whose generation entropy falls by more than this share is disabling."""
-    max_specificity_drop: float | None = 0.05
-    """The specificity guard: a trial whose mean neighbourhood specificity falls more than this
-    below the unedited model's (on the same facts) is infeasible, not merely penalised.
-    ``null`` turns the guard off."""
+    specificity_margin: float | None = 0.05
+    """The relative specificity guard: a trial whose mean neighbourhood specificity is more than
+    this below the worse of the references (ROME's textbook setting, the family's EasyEdit
+    defaults, on the same facts) is infeasible. The references are always feasible. ``null``
+    turns it off."""
+    max_specificity_drop: float | None = None
+    """The absolute guard, off unless set: a trial whose mean specificity falls more than this
+    below the unedited model's is infeasible (the references may then be infeasible too)."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("edit", "stability"):
+            raise ConfigError(f"objective.kind must be 'edit' or 'stability', got {self.kind!r}")
+        for name in ("specificity_margin", "max_specificity_drop"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= 1:
+                raise ConfigError(f"objective.{name} must be between 0 and 1 (or null), got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -68,6 +89,10 @@ class StudyConfig:
     step at which the Wilcoxon pruner compares facts). 5, the first checkpoint: only an early
     stop saves most of a trial (``bench/search.py``; README, "Search efficiency")."""
     trials: int = 200
+    easyedit_only: bool = False
+    """Search only what EasyEdit can run: knobs EasyEdit has no key for are fixed at EasyEdit's
+    behaviour (e.g. ``lr_schedule: constant``, ``early_stop_loss: 0.05``) and dropped from the
+    search, so every trial — and the export — is a setting EasyEdit reproduces."""
     description: str = ""
     base_dir: str = "."
     """Directory the relative paths are resolved against (set by ``load``)."""
@@ -86,7 +111,10 @@ class StudyConfig:
         if not isinstance(hparams, dict):
             raise ConfigError(f"hparams: expected a mapping, got {hparams!r}")
         hp = ROMEHyperParams.from_dict(hparams).replace(**fixed)  # `search: {x: value}` fixes x
-        return dataclasses.replace(from_mapping(cls, data), hparams=hp, search=search)
+        cfg = from_mapping(cls, data)
+        if cfg.easyedit_only:
+            hp, search = easyedit_only(hp, search)
+        return dataclasses.replace(cfg, hparams=hp, search=search)
 
     @classmethod
     def load(cls, path: str | Path) -> StudyConfig:
@@ -145,3 +173,13 @@ class StudyConfig:
 
         return load_model(self.model, resolve=self.resolve, edits=self.resolve(self.facts.path), device=device,
                           progress=progress)
+
+
+def easyedit_only(hp: ROMEHyperParams, search: SearchSpace) -> tuple[ROMEHyperParams, SearchSpace]:
+    """``hp`` and ``search`` restricted to settings EasyEdit reproduces (``easyedit_only: true``)."""
+    from tuner.rome.hparams import ANY, KNOBS
+
+    pinned = {k.name: k.easyedit_behaviour for k in KNOBS.values()
+              if k.easyedit is None and k.easyedit_behaviour is not ANY}
+    kept = tuple(d for d in search.dimensions if d.name not in pinned)
+    return hp.replace(**pinned), dataclasses.replace(search, dimensions=kept)

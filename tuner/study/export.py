@@ -6,6 +6,7 @@ express are named, with their values, in the file's header comment."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -84,13 +85,23 @@ def not_expressible(hp: ROMEHyperParams) -> dict[str, Any]:
     return {name: getattr(hp, name) for name, k in KNOBS.items() if k.easyedit is None}
 
 
-def _write_easyedit(path: Path, study: Any, trial: Any, cfg: StudyConfig, hp: ROMEHyperParams, adapter: Adapter,
-                    n_layers: int, what: str, alg: str = "ROME") -> None:
-    memit = alg == "MEMIT"
+@dataclass(frozen=True)
+class Choice:
+    """A setting chosen for export: a trial or a reference, and how it was chosen."""
+
+    label: str
+    hp: ROMEHyperParams
+    what: str
+    trial: int | None = None
+
+
+def _write_easyedit(path: Path, study: Any, choice: Choice, cfg: StudyConfig, adapter: Adapter, n_layers: int,
+                    alg: str = "ROME") -> None:
+    memit, hp = alg == "MEMIT", choice.hp
     # the file's algorithm stands for `method` (a hybrid none of EasyEdit's files can run)
     expressible = hp.method != "hybrid" and hp.replace(method="rome").reproducible_in_easyedit()
-    lines = [f"# EasyEdit {alg} hyperparameters from rome-tuner study {study.study_name!r}: {what}, trial "
-             f"{trial.number} (value {', '.join(f'{v:.4f}' for v in trial.values)}).",
+    lines = [f"# EasyEdit {alg} hyperparameters from rome-tuner study {study.study_name!r}: {choice.label}, "
+             f"{choice.what}.",
              "# EasyEdit " + ("reproduces this setting." if expressible else
                               "CANNOT reproduce this setting: it has no key for the starred knobs below."),
              "# rome-tuner knobs EasyEdit has no key for (EasyEdit's behaviour in brackets):"]
@@ -113,53 +124,75 @@ def _write_easyedit(path: Path, study: Any, trial: Any, cfg: StudyConfig, hp: RO
     atomic_write_text(path, "\n".join(lines) + "\n" + body)
 
 
+def _figures(row: dict[str, Any], n: int) -> str:
+    return (f"held-out S {row['S']:.3f} on {n} facts (efficacy {row['efficacy']:.3f}, paraphrase "
+            f"{row['paraphrase'] if row['paraphrase'] is None else round(row['paraphrase'], 3)}, specificity "
+            f"{row['specificity'] if row['specificity'] is None else round(row['specificity'], 3)}, value "
+            f"{row['value']:.4f})")
+
+
+def choices(study: Any) -> tuple[Choice, Choice | None]:
+    """(the exported setting, the best one EasyEdit reproduces): chosen on the held-out facts when
+    the study was validated (``tuner.study.validate``: a reference when one beats every tuned
+    setting), else the best feasible trials on the tuning facts."""
+    record = study.user_attrs.get(HOLDOUT)
+    if record and record.get("winner") is not None:
+        rows = {r["label"]: r for r in record["rows"]}
+        n = len(record["facts"])
+
+        def pick(label: str, how: str) -> Choice:
+            row = rows[label]
+            return Choice(label, ROMEHyperParams.from_dict(row["hparams"]), f"{how}: {_figures(row, n)}", row["trial"])
+
+        main = pick(record["winner"], f"the best of the top {record['top']} trials and the references on the "
+                                      "held-out facts")
+        twin = record.get("easyedit_winner")
+        return main, (pick(twin, "the best setting EasyEdit reproduces on the held-out facts") if twin else None)
+    trial = best_trial(study)
+    main = Choice(f"trial #{trial.number}", ROMEHyperParams.from_dict(trial.user_attrs["hparams"]),
+                  f"the best trial on the tuning facts (value {trial.values[0]:.4f})", trial.number)
+    try:
+        t = best_trial(study, where=lambda t: ROMEHyperParams.from_dict(t.user_attrs["hparams"])
+                       .reproducible_in_easyedit())
+    except StudyError:
+        return main, None
+    return main, Choice(f"trial #{t.number}", ROMEHyperParams.from_dict(t.user_attrs["hparams"]),
+                        f"the best trial EasyEdit reproduces on the tuning facts (value {t.values[0]:.4f})", t.number)
+
+
+ROME_TUNER_ONLY = "rome_hparams_rome_tuner_only.yaml"
+STALE = ("rome_hparams.yaml", ROME_TUNER_ONLY, "memit_hparams.yaml", "rome_hparams_easyedit.yaml")
+
+
 def export_best(study: Any, cfg: StudyConfig, *, out_dir: Path | None = None) -> list[Path]:
-    """``study.yaml`` (the best setting fixed), ``rome_hparams.yaml`` (the best trial — the best
-    on the held-out facts when the study was validated, ``tuner.study.validate``) and
-    ``rome_hparams_easyedit.yaml`` (the best trial EasyEdit can reproduce, when there is one)."""
+    """``study.yaml`` (the exported setting fixed), ``rome_hparams.yaml`` (the best setting
+    EasyEdit reproduces), ``rome_hparams_rome_tuner_only.yaml`` (the exported setting, when
+    EasyEdit cannot reproduce it) and ``memit_hparams.yaml`` (MEMIT and the hybrid)."""
     from tuner.models.load import model_adapter
 
-    trial, what = best_trial(study), "the best trial"
-    validated = holdout_winner(study)
-    if validated is not None:
-        tuning_best = trial.number
-        trial, record = validated
-        what = (f"the best on {len(record['facts'])} held-out facts of the top {record['top']} trials "
-                f"(best on the tuning facts: trial {tuning_best})")
+    main, twin = choices(study)
     adapter, n_layers = model_adapter(cfg.model)
-    hp = ROMEHyperParams.from_dict(trial.user_attrs["hparams"])
     out = out_dir or storage_root() / "best" / study.study_name
-    best_cfg = cfg.replace(hparams=hp, search=SearchSpace(),
-                           description=f"{what} of study {study.study_name!r}: trial {trial.number}, value {trial.values}")
+    best_cfg = cfg.replace(hparams=main.hp, search=SearchSpace(),
+                           description=f"{main.label} of study {study.study_name!r}: {main.what}")
     written = [out / "study.yaml"]
     atomic_write_text(written[0], best_cfg.to_yaml())
-    if hp.method in ("rome", "hybrid"):
-        written.append(out / "rome_hparams.yaml")
-        _write_easyedit(written[-1], study, trial, cfg, hp, adapter, n_layers, what)
-    if hp.method in ("memit", "hybrid"):
+    for name in STALE:  # an earlier export's files must not be mistaken for this one's
+        (out / name).unlink(missing_ok=True)
+    if main.hp.method in ("rome", "hybrid"):
+        reproducible = main.hp.method == "rome" and main.hp.reproducible_in_easyedit()
+        if not reproducible:
+            written.append(out / ROME_TUNER_ONLY)
+            _write_easyedit(written[-1], study, main, cfg, adapter, n_layers)
+        ee = main if reproducible else twin
+        if ee is not None and ee.hp.method == "rome":
+            written.append(out / "rome_hparams.yaml")
+            _write_easyedit(written[-1], study, ee, cfg, adapter, n_layers)
+    if main.hp.method in ("memit", "hybrid"):
         written.append(out / "memit_hparams.yaml")
-        _write_easyedit(written[-1], study, trial, cfg, hp, adapter, n_layers, what, alg="MEMIT")
-    try:
-        twin = best_trial(study, where=lambda t: ROMEHyperParams.from_dict(t.user_attrs["hparams"])
-                          .reproducible_in_easyedit())
-    except StudyError:
-        return written
-    written.append(out / "rome_hparams_easyedit.yaml")
-    _write_easyedit(written[-1], study, twin, cfg, ROMEHyperParams.from_dict(twin.user_attrs["hparams"]), adapter,
-                    n_layers, "the best trial EasyEdit can reproduce")
+        _write_easyedit(written[-1], study, main, cfg, adapter, n_layers, alg="MEMIT")
     return written
 
 
 HOLDOUT = "holdout"
 """The study user attribute holding the last held-out validation (``tuner.study.validate``)."""
-
-
-def holdout_winner(study: Any) -> tuple[Any, dict[str, Any]] | None:
-    """(trial, record) of the stored validation's winner, when there is one."""
-    record = study.user_attrs.get(HOLDOUT)
-    if not record or record.get("winner") is None:
-        return None
-    for t in study.get_trials(deepcopy=False):
-        if t.number == record["winner"]:
-            return t, record
-    raise StudyError(f"study {study.study_name!r}: the validated trial #{record['winner']} is missing")

@@ -1,13 +1,11 @@
-"""One trial: edit the study's K facts with the suggested hyperparameters and score them.
-
-    score(fact) = final_prob − λ·rebound  [+ w_p·paraphrase_prob + w_n·(specificity − 1)]
-
-``final_prob`` is P(new target | rewrite prompt) in the *edited* model; ``rebound`` is
-peak − end of the optimisation trajectory. The K facts' v* are optimised together in one batch
+"""One trial: edit the study's K facts with the suggested hyperparameters and score them
+(``tuner.study.scoring``: by default CounterFact's harmonic mean of efficacy — with the
+stability term final_prob − λ·rebound — paraphrase and neighbourhood terms; constraints
+against the model's own references). The K facts' v* are optimised together in one batch
 (``Editor.plan_many``); every ``PRUNE_EVERY`` steps their mean P(new) is reported, so the
 pruner can stop a hopeless trial before it pays for the rest of the optimisation. Each edit is
 then scored alone (``Editor.evaluate_many``) — or, with ``facts.mode`` batch or sequential,
-every fact on the final model (``tuner.rome.modes``). The trial value is the mean over facts.
+every fact on the final model (``tuner.rome.modes``).
 Everything needed to reproduce the trial lands in its user attributes."""
 
 from __future__ import annotations
@@ -20,11 +18,13 @@ from typing import Any
 
 from tuner.errors import EditError, checkpoint
 from tuner.facts.schema import Fact
-from tuner.study.config import ObjectiveSpec, StudyConfig
+from tuner.study.config import StudyConfig
+from tuner.study.scoring import Thresholds
 from tuner.study.space import SearchSpace
 
 STORED_METRICS = ("final_prob", "pre_prob", "true_prob", "efficacy", "paraphrase", "paraphrase_prob", "specificity",
-                  "specificity_pre", "neighborhood_drop", "peak_prob", "peak_step", "opt_final_prob", "selected_step", "n_steps",
+                  "specificity_pre", "neighborhood_drop", "neighborhood_keep", "efficacy_pre", "paraphrase_pre",
+                  "paraphrase_prob_pre", "peak_prob", "peak_step", "opt_final_prob", "selected_step", "n_steps",
                   "rebound", "oscillation", "final_loss", "early_stopped", "update_norm", "division_factor",
                   "gen_entropy", "gen_entropy_drop", "disabling_edit", "memit_pass")
 """The per-fact metrics stored in a trial's ``per_fact`` attribute (sequential mode adds
@@ -34,52 +34,18 @@ MEAN_METRICS = ("final_prob", "rebound", "peak_prob", "efficacy", "specificity",
                 "final_loss", "n_steps", "early_stopped", "update_norm", "gen_entropy_drop", "disabling_edit")
 
 
-def stability_score(m: dict[str, Any], obj: ObjectiveSpec) -> float:
-    """final_prob − λ·rebound: the first objective of both modes."""
-    return m["final_prob"] - obj.rebound_penalty * m["rebound"]
-
-
-def fact_score(m: dict[str, Any], obj: ObjectiveSpec) -> float:
-    """The single-objective score of one edit (the trial value is the mean over facts)."""
-    s = stability_score(m, obj)
-    if obj.paraphrase_weight and m["paraphrase_prob"] is not None:
-        s += obj.paraphrase_weight * m["paraphrase_prob"]
-    if obj.neighborhood_weight and m["specificity"] is not None:
-        s += obj.neighborhood_weight * (m["specificity"] - 1.0)
-    return s
-
-
-def disabling(m: dict[str, Any], obj: ObjectiveSpec) -> bool:
-    """The edit broke the model (``tuner.rome.fluency``), with the study's thresholds."""
-    from tuner.rome.fluency import is_disabling
-
-    return is_disabling(m, max_update_norm=obj.max_update_norm, max_entropy_drop=obj.max_entropy_drop)
-
-
 def feasible(trial: Any) -> bool:
-    """No disabling edit and no specificity drop beyond the guard (every constraint ≤ 0)."""
+    """Every constraint ≤ 0 (``tuner.study.scoring``: disabling edits, specificity against the
+    references, the absolute guard when set, a non-edit)."""
     return all(c <= 0 for c in trial.user_attrs.get(CONSTRAINTS, [0]))
 
 
 def constraints(trial: Any) -> list[float]:
-    """The sampler's ``constraints_func``: disabling edits, specificity drop over the guard."""
+    """The sampler's ``constraints_func`` (Optuna < 5)."""
     return list(trial.user_attrs.get(CONSTRAINTS, [0.0]))
 
 
 CONSTRAINTS = "constraints"
-CONSTRAINT_NAMES = ("disabling_edits", "specificity_drop")
-"""Optuna's convention: a trial is feasible when every value is ≤ 0."""
-
-
-def specificity_violation(per_fact: list[dict[str, Any]], obj: ObjectiveSpec) -> float:
-    """(specificity before − after, averaged over facts) − the allowed drop: > 0 when the edits
-    cost more neighbourhood specificity than ``objective.max_specificity_drop`` allows."""
-    pairs = [(m["specificity_pre"], m["specificity"]) for m in per_fact
-             if m.get("specificity_pre") is not None and m.get("specificity") is not None]
-    if obj.max_specificity_drop is None or not pairs:
-        return 0.0
-    drop = sum(pre - post for pre, post in pairs) / len(pairs)
-    return round(drop - obj.max_specificity_drop, 6)
 PRUNE_EVERY = 5
 """Optimisation steps between two intermediate values reported to the pruner."""
 
@@ -101,8 +67,10 @@ def _still_running(trial: Any) -> bool:
 
 class Objective:
     def __init__(self, cfg: StudyConfig, editor: Any, facts: list[Fact], space: SearchSpace, *,
-                 fingerprint: str, device: str) -> None:
+                 fingerprint: str, device: str, thresholds: Thresholds | None = None) -> None:
         self.cfg, self.editor, self.facts, self.space = cfg, editor, facts, space
+        self.thresholds = thresholds
+        """The references' measures the relative guards compare with (``tuner.study.references``)."""
         self.fingerprint, self.device = fingerprint, device
         self.worker = {"host": socket.gethostname(), "pid": os.getpid(), "device": device}
         self.current: int | None = None  # number of the trial being run, for interrupt handling
@@ -133,8 +101,9 @@ class Objective:
     def __call__(self, trial: Any) -> float | tuple[float, float]:
         import optuna
 
-        from tuner.rome.modes import run_edits
         from tuner.study.notes import save_trial_note
+        from tuner.study.references import edit_metrics
+        from tuner.study.scoring import CONSTRAINT_NAMES, score_metrics
 
         self.current = trial.number
         obj = self.cfg.objective
@@ -143,7 +112,7 @@ class Objective:
         trial.set_user_attr("hparams", hp.to_dict())
         trial.set_user_attr("fingerprint", self.fingerprint)
         trial.set_user_attr("facts", [f.case_id for f in self.facts])
-        per_fact, trajectories, scores = [], [], []
+        per_fact, trajectories, score = [], [], None
         t0 = time.perf_counter()
         try:
             # v* of all K facts in one optimisation, pruned on its trajectory; then every edit
@@ -151,9 +120,8 @@ class Objective:
             def on_step(step: int, probs: list[float]) -> None:
                 self._on_step(trial, step, probs, hp.v_num_grad_steps)
 
-            results = run_edits(self.editor, self.facts, hp, self.cfg.facts.mode, on_step=on_step)
+            results = edit_metrics(self.editor, self.cfg, self.facts, hp, on_step=on_step)
             for i, (fact, result) in enumerate(zip(self.facts, results)):
-                result.metrics["disabling_edit"] = disabling(result.metrics, obj)
                 if i == 0:
                     trial.set_user_attr("context_templates", result.context_templates)
                 m = {k: _rounded(result.metrics[k]) for k in STORED_METRICS}
@@ -165,7 +133,6 @@ class Objective:
                 per_fact.append(m)
                 trajectories.append({"prob": [round(p, 4) for p in result.trajectory["prob"]],
                                      "loss": [round(v, 4) for v in result.trajectory["loss"]]})
-                scores.append(fact_score(result.metrics, obj))
         except BaseException as exc:
             from optuna.exceptions import UpdateFinishedTrialError
 
@@ -178,6 +145,8 @@ class Objective:
                 trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {reason}"[:500])
             raise
         finally:
+            if per_fact:
+                score = score_metrics(per_fact, obj, self.thresholds)
             # a trial failed elsewhere meanwhile (judged stale while this worker was frozen or cut
             # off) gets nothing more: its retry is another trial, and run_trial drops this result
             if _still_running(trial):
@@ -185,13 +154,13 @@ class Objective:
                 trial.set_user_attr("trajectory", trajectories)
                 trial.set_user_attr("seconds", round(time.perf_counter() - t0, 3))
                 trial.set_user_attr("compute_seconds", round(sum(m["compute_seconds"] for m in per_fact), 3))
-                constraint = [float(sum(bool(m["disabling_edit"]) for m in per_fact)),
-                              specificity_violation(per_fact, obj)]
-                trial.set_user_attr(CONSTRAINTS, constraint)  # what tuner's own best-trial logic reads
-                if hasattr(trial, "set_constraint"):  # Optuna ≥ 5: what its samplers read
-                    for name, value in zip(CONSTRAINT_NAMES, constraint):
-                        trial.set_constraint(name, value)
-                if per_fact:
+                if score is not None:
+                    trial.set_user_attr("score", score.to_dict())
+                    constraint = list(score.constraints)
+                    trial.set_user_attr(CONSTRAINTS, constraint)  # what tuner's own best-trial logic reads
+                    if hasattr(trial, "set_constraint"):  # Optuna ≥ 5: what its samplers read
+                        for name, value in zip(CONSTRAINT_NAMES, constraint):
+                            trial.set_constraint(name, value)
                     save_trial_note(trial, per_fact, hp)
                     n = len(per_fact)
                     mean = {k: _rounded(sum(m[k] or 0.0 for m in per_fact) / n) for k in MEAN_METRICS}
@@ -199,9 +168,11 @@ class Objective:
                     if kept:  # sequential: of the facts edited successfully, the share still edited at the end
                         mean["retention"] = _rounded(sum(kept) / len(kept))
                     trial.set_user_attr("mean", mean)
+        if score is None:  # no fact was edited (an empty fact list is refused at launch)
+            raise EditError("no fact was edited")
         if obj.multi_objective:
-            n = len(per_fact)
-            stability = sum(stability_score(m, obj) for m in per_fact) / n
-            specificity = sum((m["specificity"] if m["specificity"] is not None else 1.0) for m in per_fact) / n
-            return stability, specificity
-        return sum(scores) / len(scores)
+            from tuner.study.scoring import stability_value
+
+            stability = sum(stability_value(m, obj) for m in per_fact) / len(per_fact)
+            return stability, score.specificity if score.specificity is not None else 1.0
+        return score.value

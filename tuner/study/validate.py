@@ -20,57 +20,51 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from tuner.errors import ConfigError, EditError
-from tuner.rome.hparams import ROMEHyperParams, easyedit_preset_name, preset
+from tuner.rome.hparams import ROMEHyperParams
 from tuner.study.config import StudyConfig
 from tuner.study.export import HOLDOUT, best_trial
+from tuner.study.references import UNEDITED, edit_metrics, reference_settings
+from tuner.study.scoring import Thresholds, score_metrics, score_unedited
 
 log = logging.getLogger(__name__)
-COLUMNS = ("score", "efficacy", "final_prob", "paraphrase", "specificity", "specificity_pre", "rebound", "disabling")
-"""Per setting, means over the held-out facts (``disabling``: how many edits were disabling)."""
+COLUMNS = ("value", "efficacy", "paraphrase", "specificity", "S", "final_prob", "rebound", "disabling")
+"""Per setting, over the held-out facts: the study's objective, CounterFact's three success rates
+and S (their harmonic mean), means of P(new) and the rebound, the count of disabling edits."""
 
 
-def top_trials(study: Any, k: int) -> list[Any]:
+def _reproducible(t: Any) -> bool:
+    return ROMEHyperParams.from_dict(t.user_attrs["hparams"]).reproducible_in_easyedit()
+
+
+def top_trials(study: Any, k: int, where: Any = None) -> list[Any]:
     """The ``k`` best complete feasible trials (by the first objective), best first."""
     from optuna.trial import TrialState
 
     from tuner.study.objective import feasible
 
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if feasible(t)]
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if feasible(t) and (where is None or where(t))]
     sign = 1 if study.directions[0].name == "MAXIMIZE" else -1
     return sorted(done, key=lambda t: (-sign * t.values[0], t.number))[:k]
 
 
 def candidates(study: Any, cfg: StudyConfig, top: int, family: str, n_layers: int) -> list[dict[str, Any]]:
-    """What is compared: the top trials, then the two references every user knows."""
-    out = [{"label": f"trial #{t.number}", "trial": t.number, "rank": i + 1, "tuning_value": t.values[0],
-            "hp": ROMEHyperParams.from_dict(t.user_attrs["hparams"])} for i, t in enumerate(top_trials(study, top))]
-    out.append({"label": "textbook", "trial": None, "rank": None, "tuning_value": None,
-                "hp": preset("textbook", cfg.hparams, n_layers=n_layers)})
-    name = easyedit_preset_name(family)
-    out.append({"label": name, "trial": None, "rank": None, "tuning_value": None,
-                "hp": preset(name, cfg.hparams, n_layers=n_layers)})
+    """What is compared: the top trials, the best trials EasyEdit can reproduce (when the top
+    ones are not), then the two references every user knows."""
+    tuned = top_trials(study, top)
+    tuned += [t for t in top_trials(study, max(1, top // 2), where=_reproducible) if t not in tuned]
+    out = [{"label": f"trial #{t.number}", "trial": t.number, "tuning_value": t.values[0],
+            "hp": ROMEHyperParams.from_dict(t.user_attrs["hparams"])} for t in tuned]
+    out += [{"label": label, "trial": None, "tuning_value": None, "hp": hp}
+            for label, hp in reference_settings(cfg.hparams, family, n_layers)]
     return out
 
 
-def score_setting(editor: Any, cfg: StudyConfig, facts: list[Any], hp: ROMEHyperParams) -> dict[str, Any]:
-    """One setting on the held-out facts: the study's objective, its constraints, the means."""
-    from tuner.rome.modes import run_edits
-    from tuner.study.objective import disabling, fact_score, specificity_violation
-
-    metrics = [r.metrics for r in run_edits(editor, facts, hp, cfg.facts.mode)]
-    for m in metrics:
-        m["disabling_edit"] = disabling(m, cfg.objective)
-    n = len(metrics)
-
-    def mean(key: str) -> float | None:
-        values = [m[key] for m in metrics if m.get(key) is not None]
-        return round(sum(values) / len(values), 5) if values else None
-
-    row = {key: mean(key) for key in COLUMNS if key not in ("score", "disabling")}
-    row["score"] = round(sum(fact_score(m, cfg.objective) for m in metrics) / n, 5)
-    row["disabling"] = sum(bool(m["disabling_edit"]) for m in metrics)
-    row["feasible"] = row["disabling"] == 0 and specificity_violation(metrics, cfg.objective) <= 0
-    return row
+def best_row(rows: list[dict[str, Any]], where: Any = None) -> dict[str, Any] | None:
+    """The held-out winner: the feasible setting (tuned or reference) with the highest S,
+    ties broken by the study's objective, then by the tuning rank."""
+    kept = [r for r in rows if r.get("feasible") and r["label"] != UNEDITED and (where is None or where(r))]
+    return max(kept, key=lambda r: (r["S"], r["value"], -rows.index(r))) if kept else None
 
 
 def run_validation(study: Any, cfg: StudyConfig, *, top: int = 5, holdout: int | None = None,
@@ -89,20 +83,36 @@ def run_validation(study: Any, cfg: StudyConfig, *, top: int = 5, holdout: int |
     best_trial(study)  # a study with nothing to validate says so before any model is loaded
     loaded = loaded or cfg.load_model(device=device, progress=progress)
     editor = loaded.editor(progress=progress)
-    rows = []
     cands = candidates(study, cfg, top, loaded.adapter.family, editor.n_layers)
+    measured = []
     for cand in tqdm(cands, desc=f"held-out validation ({len(facts)} facts)", unit="setting", disable=not progress):
-        row = {k: cand[k] for k in ("label", "trial", "rank", "tuning_value")}
-        row["hparams"] = cand["hp"].to_dict()
         try:
-            row.update(score_setting(editor, cfg, facts, cand["hp"]))
+            measured.append((cand, [r.metrics for r in edit_metrics(editor, cfg, facts, cand["hp"])]))
         except EditError as exc:  # e.g. a non-finite loss: this setting fails here, the others still count
-            row.update({"error": str(exc).splitlines()[0], "feasible": False})
+            measured.append((cand, str(exc).splitlines()[0]))
+    refs = [m for c, m in measured if c["trial"] is None and not isinstance(m, str)]
+    some = next((m for _, m in measured if not isinstance(m, str)), None)
+    if some is None:
+        raise EditError("every setting failed on the held-out facts")
+    unedited = score_unedited(some, cfg.objective)
+    thresholds = Thresholds.of([score_metrics(m, cfg.objective) for m in refs], unedited)
+    rows = []
+    for cand, metrics in measured:
+        row = {k: cand[k] for k in ("label", "trial", "tuning_value")}
+        row["hparams"] = cand["hp"].to_dict()
+        row["easyedit"] = cand["hp"].reproducible_in_easyedit()
+        if isinstance(metrics, str):
+            row.update({"error": metrics, "feasible": False, "why": "failed"})
+        else:
+            row.update(score_metrics(metrics, cfg.objective, thresholds).to_dict())
         rows.append(row)
-    tuned = [r for r in rows if r["trial"] is not None and r.get("feasible")]
-    winner = max(tuned, key=lambda r: (r["score"], -r["rank"]))["trial"] if tuned else None
-    record = {"facts": [f.case_id for f in facts], "top": top, "rows": rows, "winner": winner,
-              "fingerprint": loaded.fingerprint}
+    rows.append({"label": UNEDITED, "trial": None, "tuning_value": None, "hparams": None, "easyedit": False,
+                 **unedited.to_dict()})
+    winner, twin = best_row(rows), best_row(rows, where=lambda r: r["easyedit"])
+    record = {"facts": [f.case_id for f in facts], "top": top, "rows": rows,
+              "winner": winner["label"] if winner else None,
+              "easyedit_winner": twin["label"] if twin else None,
+              "thresholds": thresholds.to_dict(), "fingerprint": loaded.fingerprint}
     study.set_user_attr(HOLDOUT, record)
     try:
         from optuna_dashboard import save_note
@@ -119,35 +129,62 @@ def _fmt(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-def cells(row: dict[str, Any], winner: int | None) -> list[str]:
-    label = row["label"] + (" *" if row["trial"] is not None and row["trial"] == winner else "")
+def cells(row: dict[str, Any], record: dict[str, Any]) -> list[str]:
+    marks = ("*" if row["label"] == record["winner"] else "") + ("E" if row["label"] == record.get("easyedit_winner")
+                                                                  else "")
+    label = row["label"] + (f" {marks}" if marks else "")
     if "error" in row:
-        return [label, _fmt(row["tuning_value"]), "failed: " + row["error"]] + [""] * (len(COLUMNS) - 1) + ["no"]
+        return [label, _fmt(row["tuning_value"]), "failed: " + row["error"]] + [""] * (len(COLUMNS) - 1) + ["no", ""]
     return [label, _fmt(row["tuning_value"])] + [_fmt(row.get(c)) for c in COLUMNS] + \
-        ["yes" if row["feasible"] else "no"]
+        ["yes" if row["feasible"] else "no", row.get("why") or ""]
 
 
-HEADER = ("setting", "tuning value", *COLUMNS, "feasible")
+HEADER = ("setting", "tuning value", *COLUMNS, "feasible", "why infeasible")
 
 
 def table(record: dict[str, Any]) -> str:
-    """The validation as a fixed-width text table (``*`` marks the exported setting)."""
-    body = [list(HEADER)] + [cells(r, record["winner"]) for r in record["rows"]]
+    """The validation as a fixed-width text table (``*`` the exported setting, ``E`` the one in
+    rome_hparams.yaml) and the verdict under it."""
+    body = [list(HEADER)] + [cells(r, record) for r in record["rows"]]
     widths = [max(len(row[i]) for row in body) for i in range(len(HEADER))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
-             for row in body]
-    return "\n".join([f"held-out validation on {len(record['facts'])} facts (never tuned on):", *lines, footer(record)])
+    lines = ["  ".join(c.ljust(w) if i in (0, len(HEADER) - 1) else c.rjust(w) for i, (c, w) in
+                       enumerate(zip(row, widths))).rstrip() for row in body]
+    return "\n".join([f"held-out validation on {len(record['facts'])} facts (never tuned on):", *lines,
+                      *verdict(record)])
 
 
 def markdown(record: dict[str, Any]) -> str:
     lines = [f"### Held-out validation on {len(record['facts'])} facts", "",
              "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-    lines += ["| " + " | ".join(cells(r, record["winner"])) + " |" for r in record["rows"]]
-    return "\n".join(lines + ["", footer(record)])
+    lines += ["| " + " | ".join(cells(r, record)) + " |" for r in record["rows"]]
+    return "\n".join(lines + [""] + [f"- {line}" for line in verdict(record)])
 
 
-def footer(record: dict[str, Any]) -> str:
-    if record["winner"] is None:
-        return "no top trial is feasible on the held-out facts: the export falls back to the best tuning trial"
-    return (f"* exported: trial #{record['winner']}, the best of the top {record['top']} trials on the held-out "
-            "facts (score = the study's objective per fact, averaged)")
+def row_of(record: dict[str, Any], label: str | None) -> dict[str, Any] | None:
+    return next((r for r in record["rows"] if r["label"] == label), None)
+
+
+def verdict(record: dict[str, Any]) -> list[str]:
+    """Plain lines: what is exported, how it compares with the references, and why."""
+    refs = [r for r in record["rows"] if r["trial"] is None and "error" not in r]
+    against = ", ".join(f"{r['label']} {r['S']:.2f}" for r in refs)
+    win = row_of(record, record["winner"])
+    if win is None:
+        return ["no setting is feasible on the held-out facts: the export falls back to the best trial on the "
+                "tuning facts"]
+    lines = [f"* exported: {win['label']} — held-out S {win['S']:.2f} (efficacy {win['efficacy']:.2f}, paraphrase "
+             f"{_fmt(win['paraphrase'])}, specificity {_fmt(win['specificity'])}); references: {against}"]
+    tuned = [r for r in record["rows"] if r["trial"] is not None]
+    if win["trial"] is None:
+        lines.append(f"a reference beats every tuned setting on the held-out facts: the export is {win['label']}'s "
+                     "setting, not a tuned one")
+    elif not tuned:
+        lines.append("no tuned setting was feasible")
+    twin = row_of(record, record.get("easyedit_winner"))
+    if twin is not None and twin["label"] != win["label"]:
+        lines.append(f"E rome_hparams.yaml: {twin['label']}, the best setting EasyEdit reproduces (held-out S "
+                     f"{twin['S']:.2f}); the exported setting needs rome-tuner (rome_hparams_rome_tuner_only.yaml)")
+    for r in record["rows"]:
+        if not r.get("feasible") and r["label"] != UNEDITED and r.get("why"):
+            lines.append(f"{r['label']} infeasible: {r['why']}")
+    return lines

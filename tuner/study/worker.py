@@ -76,26 +76,6 @@ def budget_of(study: Any) -> int:
     return int(study.user_attrs.get("budget", 0))
 
 
-def ensure_baseline(study: Any, cfg: Any, editor: Any, facts: list) -> None:
-    """ROME's textbook hyperparameters on the same facts: what every study is compared with."""
-    if "baseline" in study.user_attrs:
-        return
-    from tuner.rome.hparams import preset
-    from tuner.rome.modes import run_edits
-    from tuner.study.objective import fact_score
-
-    hp = preset("textbook", cfg.hparams, n_layers=editor.n_layers)
-    metrics = [r.metrics for r in run_edits(editor, facts, hp, cfg.facts.mode)]
-    n = len(metrics)
-    study.set_user_attr("baseline", {
-        "hparams": hp.to_dict(),
-        "score": sum(fact_score(m, cfg.objective) for m in metrics) / n,
-        "final_prob": sum(m["final_prob"] for m in metrics) / n,
-        "rebound": sum(m["rebound"] for m in metrics) / n,
-        "efficacy": sum(m["efficacy"] for m in metrics) / n,
-    })
-
-
 class Heartbeat:
     """Records the trial's heartbeat every ``interval`` seconds in a daemon thread, so a worker
     that dies is noticed; retried through outages by the storage itself."""
@@ -369,9 +349,12 @@ def _work(url: str, name: str, *, device: str | None, threads: int | None, quiet
     study = optuna.load_study(study_name=name, storage=storage,
                               sampler=make_sampler(cfg, seed=cfg.seed + offset), pruner=make_pruner(cfg))
     checkpoint()
-    ensure_baseline(study, cfg, editor, facts)
+    from tuner.study import references
+
+    thresholds = references.ensure(study, cfg, editor, facts, loaded.adapter.family)  # the relative guards
     checkpoint()
-    objective = Objective(cfg, editor, facts, space, fingerprint=loaded.fingerprint, device=loaded.device)
+    objective = Objective(cfg, editor, facts, space, fingerprint=loaded.fingerprint, device=loaded.device,
+                          thresholds=thresholds)
     log.info("worker %d on %s joined study %r (%d facts per trial)", os.getpid(), loaded.device, name, len(facts))
     lock = BudgetLock(storage, url, name)
     budget = budget_of(study)
