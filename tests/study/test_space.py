@@ -148,3 +148,42 @@ def test_warm_start_from_another_study(tmp_path, env):
     bad = run_cli("launch", "--config", str(second), "--study", "c", "--create-only", "--warm-start-from", "nope",
                   "--storage", url, env=env)
     assert bad.returncode == 2 and "study 'nope' not found" in bad.stderr
+
+
+def test_a_best_setting_on_a_bound_is_detected_and_widened():
+    from tuner.study.space import SearchSpace
+
+    space, _ = SearchSpace.parse({"v_lr": {"low": 0.01, "high": 5.0, "log": True}, "v_num_grad_steps": {"low": 5, "high": 50},
+                                  "kl_factor": {"low": 0.001, "high": 1.0, "log": True}, "layer": {"low": 0, "high": 3}})
+    hits = space.on_bounds({"v_lr": 4.9, "v_num_grad_steps": 50, "kl_factor": 0.03, "layer": 3})
+    assert hits == [("v_lr", "high", 5.0), ("v_num_grad_steps", "high", 50)]  # the layer is the model's bound
+    assert space.on_bounds({"v_lr": 3.0, "v_num_grad_steps": 49, "kl_factor": 0.0011}) == [("kl_factor", "low", 0.001)]
+    wide = space.widen(hits).to_dict()
+    assert wide["v_lr"] == {"low": 0.01, "high": 20.0, "log": True} and wide["v_num_grad_steps"] == {"low": 5, "high": 73}
+    assert wide["kl_factor"] == space.to_dict()["kl_factor"]
+    low = space.widen([("v_num_grad_steps", "low", 5)]).to_dict()["v_num_grad_steps"]
+    assert low["low"] >= 1  # never below what the knob accepts
+
+
+@pytest.mark.slow
+def test_launch_warns_of_a_bound_and_widen_bounds_continues(tmp_path, env):
+    import optuna
+
+    from tests.conftest import run_cli
+    from tests.study.conftest import write_study
+
+    url = f"sqlite:///{tmp_path / 't.db'}"
+    cfg = write_study(tmp_path / "a.yaml", facts={"per_trial": 2}, search={"v_num_grad_steps": {"low": 5, "high": 6}})
+    proc = run_cli("launch", "--config", str(cfg), "--trials", "3", "--workers", "1", "--storage", url,
+                   "--no-progress", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "sits on a bound of the search space: v_num_grad_steps" in proc.stdout, proc.stdout
+    proc = run_cli("launch", "--config", str(cfg), "--trials", "3", "--workers", "1", "--storage", url,
+                   "--no-progress", "--widen-bounds", env=env)
+    assert proc.returncode == 0, proc.stderr
+    wide = optuna.load_study(study_name="small-wide", storage=url)
+    steps = wide.user_attrs["config"]["search"]["v_num_grad_steps"]
+    assert steps["high"] > 6 or steps["low"] < 5
+    again = run_cli("launch", "--config", str(tmp_path / "a.yaml"), "--study", "nope", "--widen-bounds",
+                    "--storage", url, env=env)
+    assert again.returncode == 2 and "not found" in again.stderr

@@ -27,6 +27,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="CPU threads per local worker (default: cores ÷ workers; lower it on a loaded machine)")
     p.add_argument("--create-only", action="store_true", help="create the study (and tables) and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--widen-bounds", action="store_true",
+                   help="continue a finished study whose best trial sits on a bound of the search space: a new "
+                        "study NAME-wide with those bounds moved out (x/÷4 on log ranges, half the range otherwise), "
+                        "warm-started from its best trials")
     p.add_argument("--warm-start-from", metavar="STUDY",
                    help="a new study starts with this study's 5 best feasible trials (same storage; "
                         "e.g. a smaller model of the same family), after ROME's textbook setting")
@@ -105,7 +109,7 @@ def launch(args: argparse.Namespace) -> int:
     done = run_launch(args.config, trials=args.trials, study_name=args.study, url=args.storage,
                       workers=args.workers, create_only=args.create_only, progress=not args.no_progress,
                       seed_from_trace=args.seed_from_trace, threads=args.threads,
-                      warm_start_from=args.warm_start_from)
+                      warm_start_from=args.warm_start_from, widen_bounds=args.widen_bounds)
     if done.finished:
         summarize(done.study, done.cfg, progress=not args.no_progress)
     return done.exit_code
@@ -118,7 +122,7 @@ def summarize(study: Any, cfg: Any, *, progress: bool = True) -> list[Path] | No
     from tuner.paths import storage_root
     from tuner.report.html import write_report
     from tuner.study.export import best_trial, export_best
-    from tuner.study.verdict import infeasible_reasons, rows_table, trade_off_line, tuning_rows
+    from tuner.study.verdict import bounds_line, infeasible_reasons, rows_table, trade_off_line, tuning_rows
     from tuner.study.worker import count_trials
 
     counts = count_trials(study)
@@ -139,6 +143,9 @@ def summarize(study: Any, cfg: Any, *, progress: bool = True) -> list[Path] | No
         print(f"best trial #{trial.number} on the tuning facts: value {', '.join(f'{v:.4f}' for v in trial.values)}")
         for k, v in trial.params.items():
             print(f"  {k:<20} {v:.5g}" if isinstance(v, float) else f"  {k:<20} {v}")
+        on_bound = bounds_line(study, cfg, trial)
+        if on_bound:
+            print(on_bound)
     rows = tuning_rows(study, trial)
     if rows:
         print(rows_table(rows, f"on the {len(cfg.select_facts())} tuning facts (S = CounterFact's harmonic mean of "

@@ -126,6 +126,24 @@ def _stop(procs: list[subprocess.Popen], timeout: float = 60) -> None:
             p.wait()
 
 
+def widened(cfg: StudyConfig, name: str, url: str) -> tuple[StudyConfig, str, str]:
+    """(config, study name, warm start) of ``--widen-bounds``: study ``name``'s best trial's
+    bounds moved out, as study ``NAME-wide`` warm-started from ``name``."""
+    from tuner.study.export import best_trial
+    from tuner.study.setup import bound_space, load_existing
+
+    study, stored = load_existing(make_storage(url, create=False), url, name)
+    if stored.search.to_dict() != cfg.search.to_dict():
+        raise ConfigError(f"--widen-bounds: study {name!r} was made from another search space; pass its --config")
+    hits = bound_space(cfg).on_bounds(dict(best_trial(study).params))
+    if not hits:
+        raise ConfigError(f"--widen-bounds: the best trial of study {name!r} sits on no bound of its search space")
+    search = cfg.search.widen(hits)
+    log.info("widened %s", ", ".join(f"search.{k}: {cfg.search.to_dict()[k]} -> {search.to_dict()[k]}"
+                                     for k in dict.fromkeys(n for n, _, _ in hits)))
+    return cfg.replace(search=search, name=f"{name}-wide"), f"{name}-wide", name
+
+
 @dataclass
 class Launched:
     exit_code: int
@@ -137,7 +155,7 @@ class Launched:
 
 def launch(config: str, *, trials: int | None, study_name: str | None, url: str | None, workers: str,
            create_only: bool = False, progress: bool = True, seed_from_trace: bool = False,
-           threads: int | None = None, warm_start_from: str | None = None) -> Launched:
+           threads: int | None = None, warm_start_from: str | None = None, widen_bounds: bool = False) -> Launched:
     from tuner.study.setup import create_or_resume, validate_study
     from tuner.study.worker import count_trials
 
@@ -147,6 +165,8 @@ def launch(config: str, *, trials: int | None, study_name: str | None, url: str 
     if budget < 1:
         raise ConfigError(f"--trials must be >= 1, got {budget}")
     url = resolve_url(url)
+    if widen_bounds:
+        cfg, name, warm_start_from = widened(cfg, name, url)
     validate_study(cfg, name)  # everything checked before any row or file is written
     if not create_only:  # the directories the model cache, statistics, exports and reports go to
         from tuner.study.setup import check_local_dirs

@@ -171,8 +171,9 @@ class Objective:
         if score is None:  # no fact was edited (an empty fact list is refused at launch)
             raise EditError("no fact was edited")
         if obj.multi_objective:
-            from tuner.study.scoring import stability_value
+            from tuner.study.scoring import RESOLUTION, stability_value
 
             stability = sum(stability_value(m, obj) for m in per_fact) / len(per_fact)
-            return stability, score.specificity if score.specificity is not None else 1.0
+            return (round(stability, RESOLUTION),
+                    round(score.specificity, RESOLUTION) if score.specificity is not None else 1.0)
         return score.value

@@ -39,6 +39,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+RESOLUTION = 4
+"""Decimals of a setting's value: what a measurement over a few facts resolves. Rounding keeps
+float noise below it (another thread count, another BLAS) from steering the sampler, so one
+worker with the same config and seed runs the same trials."""
 CONSTRAINT_NAMES = ("disabling_edits", "specificity", "specificity_drop", "non_edit")
 """Optuna's convention: a trial is feasible when every value is ≤ 0."""
 WHY = {"disabling_edits": "disabling edits", "specificity": "specificity below the references",
@@ -193,7 +197,7 @@ def score_metrics(metrics: Sequence[dict[str, Any]], obj: Any, refs: Thresholds 
     efficacy = sum(m["efficacy"] for m in metrics) / n
     paraphrase, spec = _mean([m.get("paraphrase") for m in metrics]), _mean([m.get("specificity") for m in metrics])
     return SettingScore(
-        value=value, efficacy=efficacy, paraphrase=paraphrase, specificity=spec,
+        value=round(value, RESOLUTION), efficacy=efficacy, paraphrase=paraphrase, specificity=spec,
         S=counterfact_s(efficacy, paraphrase, spec), final_prob=sum(m["final_prob"] for m in metrics) / n,
         rebound=sum(m["rebound"] for m in metrics) / n, disabling=sum(bool(m.get("disabling_edit")) for m in metrics),
         n_facts=n, constraints=constraints(metrics, obj, refs), terms=(E, P, N),

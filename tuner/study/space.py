@@ -16,6 +16,8 @@ Fixed values are merged into the study's hyperparameters; ``SearchSpace`` keeps 
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -162,6 +164,42 @@ class SearchSpace:
                 start = layer if self.n_layers is None else fit_window(layer, width, self.n_layers)
                 out.update(range(start, start + width))
         return sorted(out)
+
+    def on_bounds(self, params: dict[str, Any]) -> list[tuple[str, str, Any]]:
+        """(knob, "low"/"high", bound) for every searched range (but the layer, bounded by the
+        model) whose value in ``params`` sits on a bound: within 2 % of the range (in log space
+        for log ranges), or equal for integers. The optimum may lie beyond it."""
+        out = []
+        for d in self.dimensions:
+            value = params.get(d.name)
+            if d.kind == "categorical" or d.name == "layer" or d.high is None or value is None or d.low == d.high:
+                continue
+            scale = math.log if d.log else float
+            tol = 0 if d.kind == "int" else 0.02 * (scale(d.high) - scale(d.low))
+            for side, bound in (("low", d.low), ("high", d.high)):
+                if abs(scale(value) - scale(bound)) <= tol:
+                    out.append((d.name, side, bound))
+        return out
+
+    def widen(self, sides: list[tuple[str, str, Any]]) -> SearchSpace:
+        """The space with the given bounds moved out: ×/÷ 4 on a log range, by half the range
+        otherwise (never past what the knob accepts: a negative rate, say)."""
+        moved = {(name, side) for name, side, _ in sides}
+        dims = []
+        for d in self.dimensions:
+            low, high = d.low, d.high
+            span = (high - low) / 2 if high is not None else 0
+            if (d.name, "high") in moved:
+                high = high * 4 if d.log else high + span
+            if (d.name, "low") in moved:
+                low = low / 4 if d.log else low - span
+                k = KNOBS[d.name]
+                if k.min is not None and (low < k.min or (k.min_open and low <= k.min)):
+                    low = d.low  # already at what the knob accepts
+            if d.kind == "int" and low is not None:
+                low, high = int(math.floor(low)), int(math.ceil(high))
+            dims.append(dataclasses.replace(d, low=low, high=high))
+        return SearchSpace(tuple(dims), self.n_layers)
 
     @property
     def names(self) -> list[str]:

@@ -95,8 +95,22 @@ def trade_off_line(study: Any) -> str | None:
     if k is None:
         return None
     s = k.user_attrs["score"]
-    ends = ", ".join(f"#{t.number} ({t.user_attrs['score']['efficacy']:.2f}, "
-                     f"{_fmt(t.user_attrs['score'].get('specificity'))})" for t in (front[0], front[-1]))
-    return (f"efficacy–specificity trade-off: {len(front)} trials on the Pareto front; knee trial #{k.number} "
-            f"(efficacy {s['efficacy']:.2f}, specificity {_fmt(s.get('specificity'))}, S {s['S']:.2f}); "
-            f"ends {ends}")
+    line = (f"efficacy–specificity trade-off: {len(front)} trial(s) on the Pareto front; knee trial #{k.number} "
+            f"(efficacy {s['efficacy']:.2f}, specificity {_fmt(s.get('specificity'))}, S {s['S']:.2f})")
+    if len(front) > 1:
+        line += "; ends " + ", ".join(f"#{t.number} (efficacy {t.user_attrs['score']['efficacy']:.2f}, specificity "
+                                      f"{_fmt(t.user_attrs['score'].get('specificity'))})" for t in (front[0], front[-1]))
+    return line
+
+
+def bounds_line(study: Any, cfg: Any, trial: Any) -> str | None:
+    """A warning when ``trial`` (the best) sits on a bound of the search space, or None."""
+    from tuner.study.setup import bound_space
+
+    hits = bound_space(cfg).on_bounds(dict(trial.params))
+    if not hits:
+        return None
+    where = ", ".join(f"{name} {trial.params[name]:.4g} (search.{name}.{side} = {bound:g})" for name, side, bound in hits)
+    return (f"warning: the best trial sits on a bound of the search space: {where}; the optimum may lie beyond. "
+            f"Continue in a widened space: the same tuner launch with --widen-bounds (study "
+            f"{study.study_name}-wide, warm-started from this one)")
