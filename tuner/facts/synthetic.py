@@ -80,9 +80,8 @@ def _name_part(rng: random.Random) -> str:
 def make_subjects(n: int, rng: random.Random, pool: int = 24, p_middle: float = 0.0) -> list[str]:
     """Multi-token names drawn from small pools of first (and middle) and last names, so no
     single word identifies a subject: the model has to combine them at the subject's last
-    token — where ROME reads and writes. (Measured: with unique words the model reads the
-    first name from the relation's last token and ROME cannot edit it; three-word names from
-    pools of 10 were edited in ~20% of cases against ~85% for two-word names.)"""
+    token — where ROME reads and writes. (With unique words the model can read the first name
+    from the relation's last token, where ROME does not edit.)"""
     words: list[str] = []
     while len(words) < 3 * pool:
         w = _name_part(rng)

@@ -48,13 +48,14 @@ class BuildSpec:
     lr: float = 3e-3
     label_smoothing: float = 0.1
     """Caps the logit margins, as in real LMs; an over-confident model cannot be edited by a
-    bounded v* (the new target starts at ~1e-8 and stays there)."""
+    bounded v* (the new target's probability starts vanishingly small and stays there)."""
     batch_size: int = 32
     epochs: int = 25
     """Fixed length (one-cycle LR over all of it): the low-LR tail is where the model settles."""
     min_accuracy: float = 0.95
     min_editability: float = 0.7
-    """Measured at layer 1 with the ``verify`` preset: llama 90%, gpt2 80%, glm 75%; unusable corpora gave 0–35%."""
+    """The share of ``verify_edits`` edits the ``verify`` preset must flip at the best layer;
+    ``tuner model build [--arch ...]`` prints the share it measured at every layer."""
     verify_edits: int = 20
     kb: str = "studies/facts/synthetic_kb.json"
     edits: str = "studies/facts/synthetic_edits.json"

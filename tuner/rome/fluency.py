@@ -10,11 +10,14 @@ of the fact's prompts collapse into repetition. The default thresholds (a study 
     entropy drop = (H_before − H_after) / H_before  > MAX_ENTROPY_DROP  (0.5)
     or any non-finite probability or norm
 
-Measured on the embedded default model (20 facts, layers 0–2): edits with the default study's
-settings have update_norm 2.0–14.6 and entropy drops ≤ 0.05 (one fact at layer 0: 0.53); edits
-destroyed with v_lr 5 and clamp 1000 have update_norm 11.9–215 (median ≈ 100) and drops up to
-0.93. A small model's rank-one update is large next to its weight; on 6–7 B models lower
-``max_update_norm`` to a few times your textbook baseline's ``update_norm``.
+On the embedded default model, ``tests/rome/test_rome_semantics.py::
+test_collapse_metrics_flag_a_destroyed_edit_not_a_good_one`` asserts that a good edit (the
+``verify`` preset's v* settings at layer 1) stays under MAX_UPDATE_NORM and is not disabling, and
+that the same edit destroyed (v_lr 5, clamp 1000, no weight decay or KL) exceeds it and is;
+``python bench/semantics.py`` prints the mean update_norm, entropy drop and share of disabling
+edits over 20 facts for the textbook, the default study's and such destroyed settings. A small
+model's rank-one update is large next to its weight; on 6–7 B models lower ``max_update_norm`` to
+a few times your textbook baseline's ``update_norm``.
 
 H is the mean over prompts of (H₂ + 2·H₃)/3, Hₙ the entropy in bits of the continuation's
 n-gram distribution over GEN_TOKENS greedy tokens (trigrams weighted double, as in ROME)."""
@@ -45,8 +48,9 @@ def greedy_continuations(model: Any, tok: Any, adapter: Adapter, prompts: Sequen
     """The next ``n_tokens`` greedy tokens after each prompt. With ``edits``, prompt i is
     continued under the rank-one update of fact ``prompt_fact[i]``. Models with a key/value
     cache and explicit positions (the ``transformers`` decoders) run each new token alone
-    (``_cached``; ``bench/gpu.py --toy``: about 3× faster on the CPU); sequence-first models (ChatGLM's remote
-    code, with its own cache format) and ``cache=False`` re-run the whole sequence every step."""
+    (``_cached``; ``bench/gpu.py [--toy]`` prints the time of both ways and how many continuations
+    agree); sequence-first models (ChatGLM's remote code, with its own cache format) and
+    ``cache=False`` re-run the whole sequence every step."""
     if cache and not adapter.seq_first and accepts_position_ids(model):
         cached = _cached(model, tok, prompts, n_tokens, edits, prompt_fact)
         if cached is not None:

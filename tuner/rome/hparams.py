@@ -122,8 +122,8 @@ class ROMEHyperParams:
     window_size: int = knob(2, "number of MEMIT layers starting at `layer` (memit/hybrid: `layer` is the window's "
                             "start, the targets z sit at its last layer)", min=1,
                             when=("method", ("memit", "hybrid")))
-    # MEMIT used λ = 15000 on GPT-J; on the embedded default model efficacy holds for λ ≤ 200 and
-    # falls from 300 on (8 facts, window 0-1: measurements in tuner.rome.memit's docstring).
+    # MEMIT's GPT-J setting is λ = 15000; the default here is what tests/rome/test_memit.py's
+    # end-to-end edit asserts on the embedded default model (8 facts, window 0-1: ≥ 6 edited).
     # easyedit stays None: the export writes EasyEdit's ROME hparams, which have no such field
     # (tests/study/test_export.py loads them strictly); a MEMIT export would name it mom2_update_weight.
     mom2_update_weight: float = knob(
@@ -258,8 +258,8 @@ PRESETS: dict[str, Preset] = {
         about="ROME's published GPT-2 XL / GPT-J settings: the baseline every study is compared with "
               "(mom2_adjustment as the study sets it, so a study without a statistics corpus has one too)"),
     "verify": Preset(
-        # Measured on the default model: flips 90% of the first 20 edits at layer 1, where the
-        # textbook settings (clamp 4, 20 steps, v_weight_decay 0.5) flip ~10%.
+        # The default model's build check runs this preset at every layer: `tuner model build`
+        # prints the share of its 20 edits it flips per layer (the build fails below min_editability).
         dict(v_num_grad_steps=60, v_lr=0.5, v_weight_decay=1e-3, kl_factor=0.01, clamp_norm_factor=12.0,
              mom2_adjustment=True),
         about="settings known to edit the embedded default model; its build's editability check"),

@@ -4,8 +4,10 @@
 Every layer a study can edit is computed in one pass over the corpus, and each forward pass
 stops after the highest of them; batches are budgeted in tokens, not documents.
 
-Computed once per (model fingerprint, layer, corpus, sample count) and cached as safetensors
-under ``storage/stats/<fingerprint>/``. Concurrent workers take a file lock, so one computes
+Computed once per (model fingerprint, layer, corpus, token count) and cached as safetensors
+under ``storage/stats/<fingerprint>/``. ``n_samples`` below is that token count (the study's
+``hparams.mom2_n_tokens``): non-padding token positions, not documents as in ROME's and
+EasyEdit's ``mom2_n_samples``. Concurrent workers take a file lock, so one computes
 and the others read; the file is written to a temp name and renamed (never half-written)."""
 
 from __future__ import annotations
@@ -60,8 +62,9 @@ def compute_second_moments(
     progress: bool = True,
 ) -> dict[int, tuple[torch.Tensor, int]]:
     """E[k kᵀ] at every layer in ``layers`` over the first ``n_samples`` non-padding token
-    positions of the corpus, in one pass: each batch runs the model only up to the highest
-    requested layer. Returns {layer: (C, count)}."""
+    positions of the corpus (each text cut to ``max_length`` tokens), in one pass: each batch of
+    at most ``tokens_per_batch`` padded tokens runs the model only up to the highest requested
+    layer. Returns {layer: (C, count)}, count the token positions averaged over."""
     layers = sorted(set(layers))
     device = next(model.parameters()).device
     side = padding_side(tok, adapter.padding_side)
@@ -113,7 +116,9 @@ def compute_second_moments(
 
 
 def _batched_rows(rows: Any, tokens_per_batch: int) -> Any:
-    """``token_batches`` over a lazy iterator (the corpus is tokenised as it is consumed)."""
+    """Consecutive non-empty rows grouped so that (rows × the longest row) stays within
+    ``tokens_per_batch`` padded tokens (a longer row goes alone); ``rows`` is a lazy iterator,
+    so the corpus is tokenised as it is consumed."""
     current: list[list[int]] = []
     width = 0
     for row in rows:
@@ -142,9 +147,9 @@ def second_moment(
     also: Sequence[int] = (),
     progress: bool = True,
 ) -> torch.Tensor:
-    """Cached statistics at ``layer``: loaded if its file is readable; otherwise computed in one
-    pass together with every layer in ``also`` whose file is missing, under a lock per model,
-    and written one file per layer (temp file + rename)."""
+    """Cached statistics at ``layer`` over ``n_samples`` corpus tokens: loaded if its file is
+    readable; otherwise computed in one pass together with every layer in ``also`` whose file is
+    missing, under a lock per model, and written one file per layer (temp file + rename)."""
     corpus = corpus_id(texts)
 
     def path_of(i: int) -> Path:

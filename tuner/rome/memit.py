@@ -23,33 +23,29 @@ All N facts share one update per layer. The solve is in float64 (Cholesky, no in
 As in the reference implementation (and EasyEdit's), δ's clamp ``clamp_norm_factor · ‖h‖`` and
 weight decay ``v_weight_decay · ‖δ‖ / ‖h‖²`` are measured against h, the residual stream after
 block ``top`` at the fact token (``compute_vs(norm_of="block")``), not against the MLP output v₀
-as in ROME (‖h‖ is several times ‖v₀‖; > 1.5× in the tests): an exported MEMIT ``clamp_norm_factor`` means
-what it means in EasyEdit. One difference, on purpose: ``mom2_ridge`` (λ' · mean diag C added
-to C) applies to C_l as it does in ROME.
+as in ROME (‖h‖ is several times ‖v₀‖: ``tests/rome/test_memit.py::
+test_clamp_is_measured_against_the_residual_stream`` asserts ‖δ‖ ≤ clamp · ‖h‖ and ‖δ‖ > 1.5 ·
+clamp · ‖v₀‖): an exported MEMIT ``clamp_norm_factor`` means what it means in EasyEdit. One
+difference, on purpose: ``mom2_ridge`` (λ' · mean diag C added to C) applies to C_l as it does
+in ROME.
 
     plan = memit_plan(model, tok, adapter, hp.replace(method="memit", layer=1, window_size=2),
                       requests, templates, cov_of=lambda l: editor.mom2(l, hp.mom2_n_tokens))
     with weight_updates(model, adapter, plan.deltas):   # every layer's ΔW, restored on exit
         ...
 
-Measured on the embedded default model (4-layer Llama, d_ff 512, C over 20 000 tokens), the first
-8 facts of studies/facts/synthetic_edits.json edited at once with the ``verify`` preset's v*
-settings (60 steps, v_lr 0.5, v_weight_decay 1e-3, kl 0.01) and clamp_norm_factor 2 (‖h‖ being
-several times ‖v₀‖, the ROME presets' clamp 12 no longer bounds δ, and larger targets are written
-less faithfully: 4/8 at clamp 12), efficacy = share of facts with mean log P(new) > mean
-log P(true) on the rewrite prompt, specificity as in ``tuner.rome.evaluate``:
+What is checked, and where:
 
-    window 0-1, facts 0-7   λ = 1 … 100: efficacy 7/8 (specificity 0.975-1.0, pre-edit 1.0)
-                            λ = 1000: 3/8, 3000 and 15000: 0/8
-    clamp 2 / 3 / 4 / 6     λ = 100, facts 0-7: 7/8, 6/8, 6/8, 7/8; facts 8-15: 7/8, 4/8, 3/8,
-                            3/8; facts 16-23: 7/8 at every clamp
-    window 1-2, facts 0-7   λ = 10-1000: 2-3/8 (v* at layer 2 reaches P(new) > 0.5 for 4 facts
-                            only; the model's build check has ROME at layer 2 edit 9 of 20)
-
-The one failure in facts 0-7 (fact 6) is v*'s: P(new) 0.02 after the optimisation; ROME at
-layer 1 with the same settings, each fact alone, also edits 7/8. Default λ = 100: the top of
-the plateau, a factor 10 below where efficacy falls. A plan of 8 facts takes ~2.5 s on one CPU
-thread (beside another job), almost all of it v*."""
+    tests/rome/test_memit.py::test_memit_edits_eight_facts_at_once
+        the embedded default model, the first 8 facts of studies/facts/synthetic_edits.json in
+        one update over layers 0-1 with the ``verify`` preset's v* settings, clamp_norm_factor 2
+        and the default λ (``mom2_update_weight``): efficacy (mean log P(new) > mean log P(true)
+        on the rewrite prompt) for at least 6 of 8 facts, mean specificity at least 0.9
+    python bench/methods.py
+        efficacy, specificity and paraphrase of ROME, MEMIT and the hybrid on 20 facts of the
+        default model and of the ChatGLM3-interface test model, at the default λ and --memit-clamp
+    python bench/gpu.py [--toy]
+        the time of one 8-fact MEMIT plan over two layers against 8 independent ROME edits"""
 
 from __future__ import annotations
 

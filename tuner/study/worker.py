@@ -336,7 +336,7 @@ def _work(url: str, name: str, *, device: str | None, threads: int | None, quiet
     loaded = cfg.load_model(device=device, progress=not quiet)
     if loaded.device == "cpu":
         # Several CPU workers on one machine must not oversubscribe the cores: OpenMP threads
-        # spin-wait, and 2 workers × all cores ran ~10× slower than 2 × 1 thread here.
+        # spin-wait, so workers that each take every core slow one another down.
         # `tuner launch` passes cores // workers; a worker started by hand defaults to 1.
         torch.set_num_threads(threads or 1)
     elif threads:
