@@ -7,7 +7,7 @@ import pytest
 
 from tests.conftest import run_cli
 from tuner.errors import ConfigError
-from tuner.rome.hparams import KNOBS, PRESETS, ROMEHyperParams, preset
+from tuner.rome.hparams import EASYEDIT_DEFAULTS, KNOBS, PRESETS, ROMEHyperParams, preset
 from tuner.study.config import StudyConfig
 from tuner.study.export import easyedit_hparams, not_expressible
 from tuner.study.notes import trial_note
@@ -59,9 +59,18 @@ def test_bounds_come_from_the_declaration():
 
 
 def test_presets_are_valid_settings():
-    for name in PRESETS:
-        hp = preset(name, n_layers=48)
-        assert isinstance(hp, ROMEHyperParams)
+    """Every preset (ours and EasyEdit's per family) sets exactly the values it declares, and the
+    result survives the strict round trip a study file and a trial's attributes go through."""
+    names = [*PRESETS, *(f"easyedit-{family}" for family in EASYEDIT_DEFAULTS)]
+    base = ROMEHyperParams()
+    for name in names:
+        declared = (EASYEDIT_DEFAULTS[name.removeprefix("easyedit-")] if name.startswith("easyedit-")
+                    else PRESETS[name]).values
+        hp = preset(name, base, n_layers=48)
+        assert {k: getattr(hp, k) for k in declared} == declared, name
+        untouched = set(KNOBS) - set(declared) - {"layer"}
+        assert {k: getattr(hp, k) for k in untouched} == {k: getattr(base, k) for k in untouched}, name
+        assert ROMEHyperParams.from_dict(hp.to_dict()) == hp, name
     assert preset("textbook", n_layers=48).layer == 17  # ROME's GPT-2 XL layer
     assert preset("textbook", n_layers=4).v_num_grad_steps == 20
 
