@@ -80,8 +80,9 @@ def trajectory_table(traj: dict[str, list[float]], rows: int = 20) -> str:
 def run(args: argparse.Namespace) -> int:
     from tuner.facts.schema import load_facts
     from tuner.rome.hparams import KNOBS
-    from tuner.rome.modes import run_edits
     from tuner.study.config import StudyConfig
+    from tuner.study.references import edit_metrics
+    from tuner.study.scoring import score_metrics
 
     cfg = StudyConfig.load(args.config)
     facts = load_facts(cfg.resolve(cfg.facts.path))
@@ -92,10 +93,12 @@ def run(args: argparse.Namespace) -> int:
     hp = cfg.hparams.replace(**changes)
     loaded = cfg.load_model(device=args.device, progress=not args.json)
     editor = loaded.editor(progress=not args.json)
-    result = run_edits(editor, [fact], hp)[0]  # checks the layer (and MEMIT's window) first
+    # the study's scoring path: disabling judged with its thresholds, its objective and S
+    result = edit_metrics(editor, cfg, [fact], hp)[0]  # checks the layer (and MEMIT's window) first
+    score = score_metrics([result.metrics], cfg.objective)
     out = {
         "model": loaded.name, "fingerprint": loaded.fingerprint, "fact": fact.to_record(),
-        **result.to_dict(),
+        **result.to_dict(), "score": score.to_dict(),
     }
     if args.json:
         json.dump(out, sys.stdout)
@@ -115,5 +118,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"peak {m['peak_prob']:.4f} at step {m['peak_step']}  end {m['opt_final_prob']:.4f}  "
           f"rebound {m['rebound']:.4f}  oscillation {m['oscillation']:.4f}"
           + ("  (stopped early)" if m["early_stopped"] else ""))
+    print(f"value {score.value:.4f} (the study's objective, objective.kind {cfg.objective.kind})  S {score.S:.4f}"
+          + ("  disabling edit" if m["disabling_edit"] else ""))
     print("time " + "  ".join(f"{k} {v:.3f}s" for k, v in result.timings.items()))
     return 0
