@@ -9,7 +9,7 @@ For every sampler (TPE, GP, random) and pruner (median, none; also percentile, W
 Hyperband with ``--pruners``) over several study seeds, the default study runs as ``tuner launch``
 does (one worker, one thread, fresh storage; --jobs studies side by side). Per run: the trials
 and the wall time until the best value first reaches 95 % of the best value ANY run found, the
-best value, the held-out score of the exported setting (``tuner validate`` at the end of the
+best value, the held-out S (CounterFact score) of the exported setting (``tuner validate`` at the end of the
 launch: the default study has 16 held-out facts) and the share of pruned trials. One table of
 medians over seeds; a run that never reaches the target counts as "> trials" (``--random-trials``
 gives random search a longer budget, so "trials random search needs" is a number, or a bound).
@@ -64,11 +64,12 @@ def run_one(sampler: str, pruner: str, seed: int, trials: int, home: Path) -> di
         done = (t.datetime_complete - start).total_seconds() if t.datetime_complete else None
         history.append((t.number, done, value))
     record = study.user_attrs.get("holdout") or {}
-    winner = next((r for r in record.get("rows", []) if r["trial"] == record.get("winner")), None)
-    refs = {r["label"]: r.get("score") for r in record.get("rows", []) if r["trial"] is None}
+    rows = record.get("rows", [])
+    winner = next((r for r in rows if r["label"] == record.get("winner")), None)  # the exported setting's row
+    refs = {r["label"]: r["S"] for r in rows if r["trial"] is None and r.get("S") is not None}
     return {"sampler": sampler, "pruner": pruner, "seed": seed, "trials": trials, "wall": wall, "history": history,
             "pruned": sum(t.state.name == "PRUNED" for t in trials_) / len(trials_),
-            "holdout": winner["score"] if winner else None, "references": refs}
+            "holdout": winner["S"] if winner else None, "references": refs}
 
 
 def reach(run: dict, target: float) -> tuple[int | None, float | None]:
@@ -113,7 +114,8 @@ def table(runs: list[dict]) -> str:
             f"{statistics.median(r['pruned'] for r in rs):>8.0%}{statistics.median(r['wall'] for r in rs) / 60:>10.2f}")
     refs = [r["references"] for r in runs if r["references"]]
     if refs:
-        parts = [f"{k} {statistics.median(x[k] for x in refs if x.get(k) is not None):.4f}" for k in refs[0]]
+        labels = dict.fromkeys(k for x in refs for k, v in x.items() if v is not None)  # first-seen order
+        parts = [f"{k} {statistics.median(x[k] for x in refs if x.get(k) is not None):.4f}" for k in labels]
         lines.append("held-out references (same 16 facts): " + ", ".join(parts))
     return "\n".join(lines)
 

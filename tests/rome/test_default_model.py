@@ -55,3 +55,26 @@ def test_large_weight_decay_and_lr_rebound(default_model, facts):
     worst = max(metrics, key=lambda m: m["rebound"])
     assert worst["rebound"] > 0.2  # measured: 0.35 (peak then fall)
     assert worst["peak_step"] < 40 and worst["opt_final_prob"] < worst["peak_prob"] - 0.2
+
+
+def test_training_gives_the_same_model_whatever_the_thread_count():
+    """CPU kernels split sums by thread count; unpinned, a 2-thread build of the default model
+    failed its editability check where a 1-thread build passed. Two epochs of a small spec are
+    enough to tell the counts apart when training is not pinned to one thread."""
+    from tuner.models.build import BuildSpec, train
+    from tuner.models.corpus import load_kb
+    from tuner.models.fingerprint import state_fingerprint
+
+    kb = load_kb(ROOT / "studies/facts/synthetic_kb.json")
+    spec = BuildSpec(n_layers=2, d_model=64, d_ff=256, epochs=2, min_accuracy=0.0)
+    before = torch.get_num_threads()
+    prints = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            model, *_ = train(spec, kb, progress=False)
+            prints.append(state_fingerprint(model))
+            assert torch.get_num_threads() == threads  # the caller's count is restored
+    finally:
+        torch.set_num_threads(before)
+    assert prints[0] == prints[1]
