@@ -30,10 +30,11 @@ def _vs(editor, hp, requests, **kwargs):
     return compute_vs(editor.model, editor.tok, editor.adapter, hp, requests, editor.context_templates(hp), **kwargs)
 
 
-def assert_same(batched, alone, tol=1e-5):
+def assert_same(batched, alone, tol=1e-4):
     """Same step counts and selections; v*, keys and trajectories equal to ``tol`` relative to
-    v*'s norm (float32 batches of different padding differ by round-off only: in float64 the
-    two paths agree to 1e-10, see ``test_batched_equals_one_by_one``)."""
+    v*'s norm (float32 batches of different padding differ by round-off only, which 25 Adam
+    steps grow to 2.4e-5 on the model built on an AMD EPYC: in float64 the two paths agree to
+    1e-10, see ``test_batched_equals_one_by_one``)."""
     assert len(batched) == len(alone)
     for b, a in zip(batched, alone):
         assert b.selected_step == a.selected_step and b.early_stopped == a.early_stopped

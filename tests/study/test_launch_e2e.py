@@ -80,7 +80,10 @@ def test_postgres_separate_worker_joins_and_budget_holds(tmp_path, env):
                          "--storage", url, env=env)
         assert create.returncode == 0, create.stderr
         remote = _popen("worker", "--study", "small", "--quiet", env={**env, "TUNER_STORAGE": url})
-        launch = run_cli("launch", "--config", str(small_study), "--trials", "10", "--workers", "1",
+        # one thread each: launch's default (all cores for its one worker) beside the separate
+        # worker oversubscribes 2 cores, and its worker then spent the whole study measuring the
+        # references (py-spy: compute_vs under references.ensure) while the other ran every trial
+        launch = run_cli("launch", "--config", str(small_study), "--trials", "10", "--workers", "1", "--threads", "1",
                          "--storage", url, "--no-progress", env=env)
         out, err = remote.communicate(timeout=300)
         assert launch.returncode == 0, launch.stderr

@@ -173,7 +173,7 @@ def test_launch_warns_of_a_bound_and_widen_bounds_continues(tmp_path, env):
     from tests.study.conftest import write_study
 
     url = f"sqlite:///{tmp_path / 't.db'}"
-    cfg = write_study(tmp_path / "a.yaml", facts={"per_trial": 2}, search={"v_num_grad_steps": {"low": 5, "high": 6}})
+    cfg = write_study(tmp_path / "a.yaml", facts={"per_trial": 2}, search={"v_num_grad_steps": {"low": 24, "high": 25}})  # every value on a bound; enough steps for an edit
     proc = run_cli("launch", "--config", str(cfg), "--trials", "3", "--workers", "1", "--storage", url,
                    "--no-progress", env=env)
     assert proc.returncode == 0, proc.stderr
@@ -183,7 +183,7 @@ def test_launch_warns_of_a_bound_and_widen_bounds_continues(tmp_path, env):
     assert proc.returncode == 0, proc.stderr
     wide = optuna.load_study(study_name="small-wide", storage=url)
     steps = wide.user_attrs["config"]["search"]["v_num_grad_steps"]
-    assert steps["high"] > 6 or steps["low"] < 5
+    assert steps["high"] > 25 or steps["low"] < 24
     again = run_cli("launch", "--config", str(tmp_path / "a.yaml"), "--study", "nope", "--widen-bounds",
                     "--storage", url, env=env)
     assert again.returncode == 2 and "not found" in again.stderr

@@ -20,19 +20,26 @@ from tuner.study.config import StudyConfig
 from tuner.study.space import SearchSpace
 
 
-def best_trial(study: Any, *, where: Any = None) -> Any:
-    """The best complete, feasible trial (no disabling edit); multi-objective: the best first
-    objective. ``where(trial)`` narrows the candidates further."""
+def ranked_trials(study: Any, *, where: Any = None) -> list[Any]:
+    """The complete, feasible trials (``tuner.study.objective.feasible``), best first by the first
+    objective, ties to the earlier trial: the one ranking the export, the validation's top-K and
+    a warm start use. ``where(trial)`` narrows the candidates further."""
     from optuna.trial import TrialState
 
     from tuner.study.objective import feasible
 
     done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if feasible(t) and (where is None or where(t))]
+            if t.values is not None and feasible(t) and (where is None or where(t))]
+    sign = 1 if study.directions[0].name == "MAXIMIZE" else -1
+    return sorted(done, key=lambda t: (-sign * t.values[0], t.number))
+
+
+def best_trial(study: Any, *, where: Any = None) -> Any:
+    """The best complete, feasible trial; multi-objective: the best first objective."""
+    done = ranked_trials(study, where=where)
     if not done:
         raise StudyError(f"study {study.study_name!r} has no completed feasible trial yet")
-    sign = 1 if study.directions[0].name == "MAXIMIZE" else -1
-    return max(done, key=lambda t: (sign * t.values[0], -t.number))
+    return done[0]
 
 
 def easyedit_hparams(cfg: StudyConfig, hp: ROMEHyperParams, adapter: Adapter, n_layers: int) -> dict[str, Any]:

@@ -206,17 +206,12 @@ def warm_start_params(storage: Any, url: str, name: str, top: int = 5) -> list[d
     """The parameters of study ``name``'s ``top`` best complete feasible trials (best first)."""
     import optuna
 
-    from tuner.study.objective import feasible
-
     if name not in study_names(storage):
         raise StudyError(f"--warm-start-from: study {name!r} not found in {redact(url)}")
+    from tuner.study.export import ranked_trials
+
     study = optuna.load_study(study_name=name, storage=storage)
-    done = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-            if feasible(t) and t.values is not None]
-    if len(study.directions) == 1:
-        sign = -1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1
-        done.sort(key=lambda t: sign * t.value)
-    return [dict(t.params) for t in done[:top]]
+    return [dict(t.params) for t in ranked_trials(study)[:top]]
 
 
 def create_or_resume(storage: Any, url: str, cfg: StudyConfig, name: str, budget: int,

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from tuner.errors import ConfigError, EditError
 from tuner.rome.hparams import ROMEHyperParams
 from tuner.study.config import StudyConfig
-from tuner.study.export import HOLDOUT, best_trial
+from tuner.study.export import HOLDOUT, best_trial, ranked_trials
 from tuner.study.references import UNEDITED, edit_metrics, reference_settings
 from tuner.study.scoring import Thresholds, score_metrics, score_unedited
 
@@ -38,14 +38,7 @@ def _reproducible(t: Any) -> bool:
 
 def top_trials(study: Any, k: int, where: Any = None) -> list[Any]:
     """The ``k`` best complete feasible trials (by the first objective), best first."""
-    from optuna.trial import TrialState
-
-    from tuner.study.objective import feasible
-
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if feasible(t) and (where is None or where(t))]
-    sign = 1 if study.directions[0].name == "MAXIMIZE" else -1
-    return sorted(done, key=lambda t: (-sign * t.values[0], t.number))[:k]
+    return ranked_trials(study, where=where)[:k]
 
 
 def candidates(study: Any, cfg: StudyConfig, top: int, family: str, n_layers: int) -> list[dict[str, Any]]:
