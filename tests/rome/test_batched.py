@@ -203,3 +203,41 @@ def test_one_pass_statistics_equal_per_layer(tiny_editor, stats_texts, model_typ
         mom2, count = got[layer]
         assert count == n
         torch.testing.assert_close(mom2, (k.T @ k / n).float(), rtol=1e-4, atol=1e-6)
+
+
+# settings as different as a study's trials: every knob a row carries on its own
+SETTINGS = [HP, HP.replace(v_lr=0.3, v_weight_decay=0.5, clamp_norm_factor=4.0, kl_factor=0.0625, v_num_grad_steps=12),
+            HP.replace(v_lr=2.0, lr_schedule="cosine", v_select="best", early_stop_loss=None, v_num_grad_steps=18),
+            HP.replace(v_lr=0.7, kl_factor=0.001, early_stop_loss=0.5, v_num_grad_steps=30)]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_several_settings_in_one_batch_equal_each_setting_alone(editor, editor64, facts, dtype):
+    """Trials batched together (each fact repeated under every setting, as a worker's batch of
+    trials is): every setting's v*, steps, early stops and trajectories are those it gets alone."""
+    ed, tol = (editor, 1e-4) if dtype == "float32" else (editor64, 1e-10)
+    requests = _requests(ed, facts[:3])
+    knobs = [hp for hp in SETTINGS for _ in requests]
+    batched = _vs(ed, HP, requests * len(SETTINGS), knobs=knobs)
+    alone = [v for hp in SETTINGS for v in _vs(ed, hp, requests)]
+    assert_same(batched, alone, tol=tol)
+    lengths = {len(v.trajectory["loss"]) for v in batched}
+    assert len(lengths) > 2, lengths  # the settings stop at different steps
+    assert [v.trajectory["lr"][0] for v in batched[::len(requests)]] == [hp.v_lr for hp in SETTINGS]
+
+
+def test_a_batch_refuses_settings_that_cannot_share_a_forward_pass(editor, facts):
+    requests = _requests(editor, facts[:2])
+    with pytest.raises(ValueError, match="must share layer"):
+        _vs(editor, HP, requests, knobs=[HP, HP.replace(layer=0)])
+
+
+def test_on_step_can_stop_some_requests(editor, facts):
+    """A pruned trial's facts leave the batch; the others go on exactly as before."""
+    requests = _requests(editor, facts[:2])
+    hp = HP.replace(early_stop_loss=None)
+    knobs = [hp, hp.replace(v_lr=0.5)]
+    full = _vs(editor, hp, requests[:1] * 2, knobs=knobs)
+    cut = _vs(editor, hp, requests[:1] * 2, knobs=knobs, on_step=lambda step, probs: [1] if step == 4 else [])
+    assert len(cut[1].trajectory["loss"]) == 5 and len(cut[0].trajectory["loss"]) == hp.v_num_grad_steps
+    assert_same(cut[:1], full[:1])

@@ -25,6 +25,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", default="auto", help="local workers: a number, or auto = one per visible GPU, else 1")
     p.add_argument("--threads", type=int,
                    help="CPU threads per local worker (default: cores ÷ workers; lower it on a loaded machine)")
+    p.add_argument("--batch-trials", default="auto", metavar="N|auto",
+                   help="trials a worker runs as one batch (their facts' v* optimised together, their edits "
+                        "scored together; each trial's result as if alone). auto: as many as fit half the free "
+                        "GPU memory (at most 8), 1 on the CPU")
     p.add_argument("--create-only", action="store_true", help="create the study (and tables) and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--widen-bounds", action="store_true",
@@ -43,6 +47,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_storage(w)
     add_device(w)
     w.add_argument("--threads", type=int, help="CPU threads for torch (default on CPU: 1, so several workers share the cores)")
+    w.add_argument("--batch-trials", default="auto", metavar="N|auto",
+                   help="trials a worker runs as one batch (their facts' v* optimised together, their edits "
+                        "scored together; each trial's result as if alone). auto: as many as fit half the free "
+                        "GPU memory (at most 8), 1 on the CPU")
     w.add_argument("--quiet", action="store_true", help="log warnings only (used by launch)")
     w.add_argument("--sampler-seed-offset", type=int, help="sampler seed = study seed + this (default: the pid)")
     w.add_argument("--trust-remote-code", action="store_true",
@@ -109,7 +117,8 @@ def launch(args: argparse.Namespace) -> int:
     done = run_launch(args.config, trials=args.trials, study_name=args.study, url=args.storage,
                       workers=args.workers, create_only=args.create_only, progress=not args.no_progress,
                       seed_from_trace=args.seed_from_trace, threads=args.threads,
-                      warm_start_from=args.warm_start_from, widen_bounds=args.widen_bounds)
+                      warm_start_from=args.warm_start_from, widen_bounds=args.widen_bounds,
+                      batch_trials=args.batch_trials)
     if done.finished:
         summarize(done.study, done.cfg, progress=not args.no_progress)
     return done.exit_code
@@ -203,9 +212,12 @@ def worker(args: argparse.Namespace) -> int:
         logging.getLogger().setLevel(logging.WARNING)
     from tuner.study.worker import REMOTE_CODE_ENV
 
+    from tuner.study.worker import parse_batch_trials
+
     trust = args.trust_remote_code or os.environ.get(REMOTE_CODE_ENV) == "1"
     run_worker(args.storage, args.study, device=args.device, threads=args.threads, quiet=args.quiet,
-               seed_offset=args.sampler_seed_offset, parent_pid=args.parent_pid, trust_remote_code=trust)
+               seed_offset=args.sampler_seed_offset, parent_pid=args.parent_pid, trust_remote_code=trust,
+               batch_trials=parse_batch_trials(args.batch_trials))
     return 0
 
 

@@ -21,6 +21,13 @@ and its δ is frozen (Adam's momentum would otherwise keep moving it). The block
 layer run once per batch and are replayed (``tuner.rome.prefix``). Rows are processed in chunks
 of whole facts; a CUDA out-of-memory error halves the chunk and repeats the step.
 
+Several *settings* share one batch too (``knobs``: one setting per request, e.g. the facts of
+several trials): every setting has its own δ tensor, Adam optimiser and learning-rate
+schedule, and every row its own weight decay, KL factor, clamp, step count, early stop and
+selection rule, so each setting's v* are those it would get alone (Adam is element-wise).
+What the rows share is what the batch's forward pass needs to be one: the layer, the fact
+token and the context templates (``SHARED_KNOBS``).
+
 Every forward pass is recorded. ``prob`` is P(new target | bare rewrite prompt) — the sequence
 probability, measured as ``final_prob`` is after the edit — so ``rebound = peak − end`` compares
 like with like; ``context_prob`` is ROME's own view (per-token geometric mean, averaged over the
@@ -53,6 +60,8 @@ TOKENS_PER_CHUNK = 8192
 """Padded tokens per forward pass, in chunks of whole facts (a CUDA out-of-memory halves the chunk
 and retries). ``python bench/gpu.py`` on a GPU prints the peak memory of its runs at this size,
 8 facts' v* with 21 context templates among them, on Llama-2-7B and ChatGLM3-6B shapes in bf16."""
+SHARED_KNOBS = ("layer", "fact_token", "seed", "context_templates", "context_template_length_params")
+"""Knobs every setting in one ``compute_vs`` batch must agree on."""
 TRAJECTORY_KEYS = ("loss", "nll", "kl", "weight_decay", "prob", "context_prob", "delta_norm", "lr")
 
 
@@ -131,6 +140,63 @@ class _Rows:
                      [b.offsets[i] for i in rows.tolist()])
 
 
+class _Settings:
+    """The settings of one ``compute_vs`` batch: requests grouped by setting (one δ tensor and
+    one Adam optimiser per group) and the per-request factors of the loss and the clamp."""
+
+    def __init__(self, hp: ROMEHyperParams, knobs: Sequence[ROMEHyperParams] | None, n: int, device: Any) -> None:
+        knobs = list(knobs) if knobs is not None else [hp] * n
+        if len(knobs) != n:
+            raise ValueError(f"knobs: {len(knobs)} settings for {n} requests")
+        self.settings: list[ROMEHyperParams] = []
+        self.group_of: list[int] = []
+        for k in knobs:
+            differ = [name for name in SHARED_KNOBS if getattr(k, name) != getattr(hp, name)]
+            if differ:
+                raise ValueError(f"settings in one v* batch must share {', '.join(differ)}")
+            if k not in self.settings:
+                self.settings.append(k)
+            self.group_of.append(self.settings.index(k))
+        self.groups = [[f for f in range(n) if self.group_of[f] == g] for g in range(len(self.settings))]
+        order = [f for g in self.groups for f in g]  # torch.cat(deltas) is in this order
+        self.inverse = torch.tensor([order.index(f) for f in range(n)], device=device)
+        self.kl = torch.tensor([k.kl_factor for k in knobs], device=device)
+        self.decay = torch.tensor([k.v_weight_decay for k in knobs], device=device)
+        self.clamp = torch.tensor([k.clamp_norm_factor for k in knobs], device=device)
+        self.max_steps = max(k.v_num_grad_steps for k in self.settings)
+
+    def joined(self, deltas: list[torch.Tensor]) -> torch.Tensor:
+        """Every request's δ row, in request order (one setting: its δ itself)."""
+        return deltas[0] if len(deltas) == 1 else torch.cat(deltas)[self.inverse]
+
+    def of(self, request: int) -> ROMEHyperParams:
+        return self.settings[self.group_of[request]]
+
+
+def _step_setting(delta: torch.Tensor, opt: Any, sched: Any, members: list[int], stepping: set[int],
+                  max_norm: torch.Tensor) -> None:
+    """One setting's Adam step, if any of its facts (``members``, request indices; row i of
+    ``delta`` is request ``members[i]``) still steps: the stopped facts' rows are held where they
+    are (Adam's momentum would move them), the stepped ones clamped to their own ball."""
+    moving = [i for i, f in enumerate(members) if f in stepping]
+    if not moving:
+        return
+    frozen = [i for i in range(len(members)) if i not in set(moving)]
+    saved = delta.detach()[frozen].clone() if frozen else None
+    opt.step()
+    if sched is not None:
+        sched.step()
+    with torch.no_grad():
+        if saved is not None:
+            delta[frozen] = saved
+        idx = torch.tensor(moving, device=delta.device)
+        limit = max_norm[torch.tensor([members[i] for i in moving], device=delta.device)]
+        norm = delta[idx].norm(dim=-1)
+        over = norm > limit
+        if over.any():  # clamp each stepped fact's δ to its own ball
+            delta[idx[over]] *= (limit[over] / norm[over])[:, None]
+
+
 def compute_vs(
     model: Any,
     tok: Any,
@@ -141,14 +207,20 @@ def compute_vs(
     *,
     max_facts_per_chunk: int | None = None,
     tokens_per_chunk: int = TOKENS_PER_CHUNK,
-    on_step: Callable[[int, list[float]], None] | None = None,
+    on_step: Callable[[int, list[float]], Any] | None = None,
     norm_of: str = "module",
+    knobs: Sequence[ROMEHyperParams] | None = None,
 ) -> list[VResult]:
     """v* for every request, optimised together (see the module docstring). A forward pass
     holds at most ``tokens_per_chunk`` padded tokens (whole facts, at least one) and at most
     ``max_facts_per_chunk`` facts. ``on_step(step, probs)`` runs after every forward pass with
     each fact's latest P(new | bare prompt): the worker's interrupt checkpoint and the pruner's
-    intermediate value; it may raise to abandon the optimisation.
+    intermediate value; it may raise to abandon the optimisation, or return the indices of
+    requests to stop now (a pruned trial's facts: their δ is frozen, their results are what
+    was reached).
+
+    ``knobs``: one setting per request (default ``hp`` for all); they must agree with ``hp`` on
+    ``SHARED_KNOBS``.
 
     ``norm_of`` is the norm the clamp and the weight decay are measured against: ``module``, the
     rewrite module's output v₀ (ROME's), or ``block``, the residual stream after block
@@ -160,6 +232,7 @@ def compute_vs(
     F = len(requests)
     if F == 0:
         return []
+    per = _Settings(hp, knobs, F, device)
     data = _Rows(tok, adapter, hp, requests, context_templates, device)
     R, P = len(context_templates), data.per_fact
     full_kwargs = data.batch.model_kwargs(model)
@@ -215,21 +288,22 @@ def compute_vs(
     kl_ref = torch.stack(kl_init)  # (F, V)
     init_norm = torch.stack(refs).norm(dim=-1)  # (F,) ‖v₀‖, or ‖h‖ for MEMIT
 
-    delta = torch.zeros_like(value_init, requires_grad=True)  # (F, d_model)
-    opt = torch.optim.Adam([delta], lr=hp.v_lr)
-    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=hp.v_num_grad_steps)
-             if hp.lr_schedule == "cosine" else None)
-    max_norm = hp.clamp_norm_factor * init_norm  # (F,)
+    deltas = [torch.zeros_like(value_init[g], requires_grad=True) for g in per.groups]  # one per setting
+    opts = [torch.optim.Adam([d], lr=per.settings[i].v_lr) for i, d in enumerate(deltas)]
+    scheds = [torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=per.settings[i].v_num_grad_steps)
+              if per.settings[i].lr_schedule == "cosine" else None for i, o in enumerate(opts)]
+    max_norm = per.clamp * init_norm  # (F,)
     trajs: list[dict[str, list[float]]] = [{k: [] for k in TRAJECTORY_KEYS} for _ in range(F)]
     active = list(range(F))
     stopped_early = [False] * F
     best_step = [0] * F
-    best_delta = delta.detach().clone()
+    best_delta = value_init.new_zeros(value_init.shape)
     final_step = [0] * F
 
-    for step in range(hp.v_num_grad_steps):
-        opt.zero_grad(set_to_none=False)
-        last = step == hp.v_num_grad_steps - 1
+    for step in range(per.max_steps):
+        for o in opts:
+            o.zero_grad(set_to_none=False)
+        delta = per.joined(deltas)  # (F, d_model), request order; gradients reach each setting's δ
         stepping: list[int] = []  # facts that take an Adam step after this forward pass
 
         def forward_backward(part: list[int]) -> None:
@@ -252,32 +326,32 @@ def compute_vs(
             kl_rows = torch.arange(n, device=device) * P + P - 1
             cur = logits[kl_rows, data.edit_col[rows[kl_rows]]].float().log_softmax(-1)  # (n, V)
             idx = torch.tensor(part, device=device)
-            kl = hp.kl_factor * torch.nn.functional.kl_div(kl_ref[idx], cur, log_target=True,
-                                                           reduction="none").sum(-1)
+            kl = per.kl[idx] * torch.nn.functional.kl_div(kl_ref[idx], cur, log_target=True,
+                                                          reduction="none").sum(-1)
             d = delta[idx]
-            wd = hp.v_weight_decay * (d.norm(dim=-1) / init_norm[idx] ** 2)
+            wd = per.decay[idx] * (d.norm(dim=-1) / init_norm[idx] ** 2)
             loss = nll + kl + wd  # (n,)
             bare_prob = (lp.view(n, R, -1)[:, 0] * mask.view(n, R, -1)[:, 0]).sum(-1).exp()
             ctx_prob = torch.exp(-nll_each).mean(1)
-            lr = opt.param_groups[0]["lr"]
             names = ("loss", "nll", "kl", "weight_decay", "prob", "context_prob", "delta_norm")
             table = torch.stack([loss, nll, kl, wd, bare_prob, ctx_prob, d.norm(dim=-1)], 1).detach().tolist()
             records = [dict(zip(names, row)) for row in table]  # one device sync per forward pass
             for j, r in enumerate(records):
                 if not math.isfinite(r["loss"]):
                     raise EditError(f"loss became {r['loss']} at step {step} for fact {part[j]} "
-                                    f"(v_lr={hp.v_lr:g} is likely too large)")
-            stops = [hp.early_stop_loss is not None and r["loss"] < hp.early_stop_loss for r in records]
-            keep = [j for j in range(n) if not stops[j] and not last]
+                                    f"(v_lr={per.of(part[j]).v_lr:g} is likely too large)")
+            stops = [per.of(f).early_stop_loss is not None and records[j]["loss"] < per.of(f).early_stop_loss
+                     for j, f in enumerate(part)]
+            keep = [j for j, f in enumerate(part) if not stops[j] and step < per.of(f).v_num_grad_steps - 1]
             if keep:
                 loss[keep].sum().backward()  # may run out of memory: nothing is recorded before it succeeds
             for j, f in enumerate(part):
                 t = trajs[f]
                 for name, value in records[j].items():
                     t[name].append(value)
-                t["lr"].append(lr)
+                t["lr"].append(opts[per.group_of[f]].param_groups[0]["lr"])
                 final_step[f] = step
-                if hp.v_select == "best" and t["prob"][-1] > t["prob"][best_step[f]]:
+                if per.of(f).v_select == "best" and (step == 0 or t["prob"][-1] > t["prob"][best_step[f]]):
                     best_step[f] = step
                     best_delta[f] = delta[f].detach()
                 stopped_early[f] = stops[j]  # ROME's rule: this δ is good enough, take no further step
@@ -285,30 +359,21 @@ def compute_vs(
 
         run_chunked(forward_backward, active)
         if on_step is not None:
-            on_step(step, [t["prob"][-1] for t in trajs])
+            dropped = set(on_step(step, [t["prob"][-1] for t in trajs]) or ())
+            stepping = [f for f in stepping if f not in dropped]
         if not stepping:
             break
-        frozen = [f for f in range(F) if f not in set(stepping)]
-        saved = delta.detach()[frozen].clone() if frozen else None
-        opt.step()
-        if sched is not None:
-            sched.step()
-        with torch.no_grad():
-            if saved is not None:
-                delta[frozen] = saved  # a stopped fact's δ must not move with Adam's momentum
-            idx = torch.tensor(stepping, device=device)
-            norm = delta[idx].norm(dim=-1)
-            over = norm > max_norm[idx]
-            if over.any():  # clamp each stepped fact's δ to its own ball
-                delta[idx[over]] *= (max_norm[idx[over]] / norm[over])[:, None]
+        for g, (d, o, sched) in enumerate(zip(deltas, opts, scheds)):
+            _step_setting(d, o, sched, per.groups[g], set(stepping), max_norm)
         active = stepping
 
+    delta = per.joined(deltas).detach()
     results = []
     for f in range(F):
-        if hp.v_select == "best":
+        if per.of(f).v_select == "best":
             selected, chosen = best_step[f], best_delta[f]
         else:
-            selected, chosen = final_step[f], delta.detach()[f]
+            selected, chosen = final_step[f], delta[f]
         results.append(VResult((value_init[f] + chosen).detach(), key[f], value_init[f], trajs[f], selected,
                                stopped_early[f]))
     return results

@@ -177,15 +177,74 @@ class Editor:
         plans = []
         for v, u, k_star, tk in zip(vs, us, k_stars, t_k):
             t0 = time.perf_counter()
-            key, value, v_star = v.key, v.value_init, v.v_star
-            if hp.key_mode == "r-rome":  # the same key in u and Λ: Ŵk* = W k* + δ
-                key = k_star
-                value = module_output(self.model, self.adapter, hp.layer, k_star)
-                v_star = value + (v.v_star - v.value_init)
-            delta_w = rank_one.rank_one_delta(u, key, value, v_star)
-            timings = {"stats": t_stats, "k_star": tk, "v_star": t_v, "update": time.perf_counter() - t0}
-            plans.append(EditPlan(delta_w, u, key, v_star, v, templates, timings))
+            plan = self._plan(hp, v, u, k_star, templates)
+            plan.timings.update(stats=t_stats, k_star=tk, v_star=t_v, update=time.perf_counter() - t0)
+            plans.append(plan)
         return plans
+
+    def plan_trials(self, facts: Sequence[Fact], hps: Sequence[ROMEHyperParams], *,
+                    on_step: Callable[[int, list[float]], Any] | None = None) -> list[list[EditPlan]]:
+        """``plan_many`` for several settings at one layer (a worker's batch of trials): the v*
+        of every (setting, fact) pair optimised in one batch, each setting with its own knobs
+        (``compute_vs(knobs=...)``); ``on_step`` sees every pair's P(new), setting by setting,
+        and may return pairs to stop (index ``setting * len(facts) + fact``). One list of plans
+        per setting, each what ``plan_many(facts, hp)`` gives."""
+        hp0 = hps[0]
+        self.check_layer(hp0.layer)
+        shared = [(h.layer, h.mom2_adjustment, h.mom2_n_tokens, h.mom2_ridge, h.key_mode) for h in hps]
+        if len(set(shared)) != 1:
+            raise ValueError("plan_trials: the settings must share the layer, the statistics and the key mode")
+        n = len(facts) * len(hps)
+        t0 = time.perf_counter()
+        solver = self.solver(hp0)
+        templates = self.context_templates(hp0)
+        t_stats = (time.perf_counter() - t0) / n
+        t0 = time.perf_counter()
+        keys = [compute_k(self.model, self.tok, self.adapter, hp0.layer, f.prompt, f.subject, templates,
+                          hp0.fact_token) for f in facts]  # k* depends on the layer only: once per fact
+        us = [rank_one.left_vector(k, solver) for k in keys]
+        t_k = (time.perf_counter() - t0) / n
+        t0 = time.perf_counter()
+        requests = [VRequest(f.prompt, f.subject, tuple(target_token_ids(self.tok, f.rewrite_prompt, f.target_new)))
+                    for f in facts]
+        vs = compute_vs(self.model, self.tok, self.adapter, hp0, requests * len(hps), templates,
+                        max_facts_per_chunk=self.max_facts_per_chunk, on_step=on_step,
+                        knobs=[h for h in hps for _ in facts])
+        t_v = (time.perf_counter() - t0) / n
+        out = []
+        for i, hp in enumerate(hps):
+            plans = []
+            for j, (k_star, u) in enumerate(zip(keys, us)):
+                t0 = time.perf_counter()
+                plan = self._plan(hp, vs[i * len(facts) + j], u, k_star, templates)
+                plan.timings.update(stats=t_stats, k_star=t_k, v_star=t_v, update=time.perf_counter() - t0)
+                plans.append(plan)
+            out.append(plans)
+        return out
+
+    def _plan(self, hp: ROMEHyperParams, v: VResult, u: torch.Tensor, k_star: torch.Tensor,
+              templates: list[str]) -> EditPlan:
+        """The rank-one update that writes ``v`` (ROME's key, or k* with key_mode r-rome)."""
+        key, value, v_star = v.key, v.value_init, v.v_star
+        if hp.key_mode == "r-rome":  # the same key in u and Λ: Ŵk* = W k* + δ
+            key = k_star
+            value = module_output(self.model, self.adapter, hp.layer, k_star)
+            v_star = value + (v.v_star - v.value_init)
+        return EditPlan(rank_one.rank_one_delta(u, key, value, v_star), u, key, v_star, v, templates, {})
+
+    def evaluate_trials(self, facts: Sequence[Fact], hps: Sequence[ROMEHyperParams],
+                        plans: Sequence[Sequence[EditPlan]]) -> list[list[EditResult]]:
+        """``evaluate_many`` for several settings' plans at one layer, every edit in the same
+        shared batches (each row under its own rank-one update)."""
+        flat = [p for ps in plans for p in ps]
+        results = self.evaluate_many(list(facts) * len(hps), hps[0], flat)
+        out = []
+        for i, hp in enumerate(hps):
+            mine = results[i * len(facts):(i + 1) * len(facts)]
+            for r in mine:
+                r.hparams = hp
+            out.append(mine)
+        return out
 
     @contextmanager
     def edited(self, fact: Fact, hp: ROMEHyperParams) -> Iterator[EditPlan]:

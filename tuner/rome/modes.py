@@ -149,6 +149,44 @@ def run_edits(editor: Editor, facts: Sequence[Any], hp: ROMEHyperParams, mode: s
     return results
 
 
+BATCH_KEY = ("layer", "fact_token", "seed", "context_templates", "context_template_length_params",
+             "mom2_adjustment", "mom2_n_tokens", "mom2_ridge", "key_mode")
+"""What settings must share for their edits to run in one batch (``run_trials``)."""
+
+
+def batch_key(hp: ROMEHyperParams, mode: str) -> tuple | None:
+    """Settings with the same key run together in ``run_trials``; ``None``: this one runs alone
+    (MEMIT, the hybrid, batch and sequential modes write several updates per setting)."""
+    if hp.method != "rome" or mode != "independent":
+        return None
+    return tuple(getattr(hp, name) for name in BATCH_KEY)
+
+
+def run_trials(editor: Editor, facts: Sequence[Any], hps: Sequence[ROMEHyperParams], *,
+               on_step: Callable[[int, list[float]], Any] | None = None,
+               skip: Callable[[], set[int]] = set) -> list[list[EditResult] | None]:
+    """``run_edits(editor, facts, hp, "independent")`` for every setting of ``hps`` (one
+    ``batch_key``) at once: all their v* in one optimisation, all their edits scored in the same
+    batches; each setting's results are those it gets alone. ``on_step`` as in
+    ``Editor.plan_trials``; ``skip()``, asked after the optimisation, names settings not to
+    score (pruned trials): ``None`` in their place."""
+    keys = {batch_key(hp, "independent") for hp in hps}
+    if None in keys or len(keys) != 1:
+        raise ConfigError("run_trials: settings of one batch must be ROME edits sharing " + ", ".join(BATCH_KEY))
+    plans = editor.plan_trials(facts, hps, on_step=on_step)
+    checkpoint()
+    dropped = skip()
+    kept = [i for i in range(len(hps)) if i not in dropped]
+    out: list[list[EditResult] | None] = [None] * len(hps)
+    if kept:
+        scored = editor.evaluate_trials(facts, [hps[i] for i in kept], [plans[i] for i in kept])
+        for i, results in zip(kept, scored):
+            for r in results:
+                r.metrics.update(mode="independent", memit_pass=False)
+            out[i] = results
+    return out
+
+
 def _rome_deltas(editor: Editor, facts: Sequence[Any], hp: ROMEHyperParams,
                  on_step: OnStep | None) -> tuple[list[torch.Tensor], list[VResult], list[float]]:
     plans = editor.plan_many(facts, hp, on_step=on_step)

@@ -102,6 +102,8 @@ def _spawn(name: str, url: str, plan: dict[str, str], index: int, *, trust_remot
            "--sampler-seed-offset", str(index), "--parent-pid", str(os.getpid())]
     if "threads" in plan:
         cmd += ["--threads", plan["threads"]]
+    if "batch_trials" in plan:
+        cmd += ["--batch-trials", plan["batch_trials"]]
     worker = _Worker(subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, errors="replace"), index)
     worker.start_reader()
     return worker
@@ -155,7 +157,8 @@ class Launched:
 
 def launch(config: str, *, trials: int | None, study_name: str | None, url: str | None, workers: str,
            create_only: bool = False, progress: bool = True, seed_from_trace: bool = False,
-           threads: int | None = None, warm_start_from: str | None = None, widen_bounds: bool = False) -> Launched:
+           threads: int | None = None, warm_start_from: str | None = None, widen_bounds: bool = False,
+           batch_trials: int | str = "auto") -> Launched:
     from tuner.study.setup import create_or_resume, validate_study
     from tuner.study.worker import count_trials
 
@@ -173,6 +176,10 @@ def launch(config: str, *, trials: int | None, study_name: str | None, url: str 
 
         check_local_dirs(cfg, name)
     plans = plan_workers(workers, threads)
+    from tuner.study.worker import parse_batch_trials
+
+    for plan in plans:
+        plan["batch_trials"] = str(parse_batch_trials(batch_trials))
     if warm_start_from is not None:
         from tuner.study.storage import sqlite_path
 

@@ -14,6 +14,7 @@ import math
 import os
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 from tuner.errors import EditError, checkpoint
@@ -76,15 +77,20 @@ class Objective:
         self.current: int | None = None  # number of the trial being run, for interrupt handling
 
     def _on_step(self, trial: Any, step: int, probs: list[float], n_steps: int) -> None:
-        """After every forward pass of the v* optimisation: the interrupt checkpoint, and the
-        pruner's intermediate values: every ``PRUNE_EVERY`` steps the mean P(new) so far (step =
-        forward passes), or for ``pruner: wilcoxon`` each fact's P(new) once, after
-        ``pruner_warmup`` forward passes (step = the fact's index: facts are its paired instances)."""
+        """After every forward pass of the v* optimisation: the interrupt checkpoint, then the
+        pruner's intermediate values (``_report``)."""
+        checkpoint()  # Ctrl-C / SIGTERM take effect here
+        self._report(trial, step, probs, n_steps)
+
+    def _report(self, trial: Any, step: int, probs: list[float], n_steps: int) -> None:
+        """The pruner's intermediate values: every ``PRUNE_EVERY`` steps the mean P(new) so far
+        (step = forward passes), or for ``pruner: wilcoxon`` each fact's P(new) once, after
+        ``pruner_warmup`` forward passes (step = the fact's index: facts are its paired
+        instances). Raises ``optuna.TrialPruned`` when the pruner says so."""
         import optuna
 
-        checkpoint()  # Ctrl-C / SIGTERM take effect here
         done = step + 1
-        if self.cfg.objective.multi_objective or self.cfg.pruner == "none":
+        if self.cfg.objective.multi_objective or self.cfg.pruner == "none" or done > n_steps:
             return
         if self.cfg.pruner == "wilcoxon":
             if done != min(self.cfg.pruner_warmup, n_steps):
@@ -98,29 +104,103 @@ class Objective:
         if trial.should_prune():
             raise optuna.TrialPruned(f"mean P(new) {sum(probs) / len(probs):.4f} after {done} steps")
 
-    def __call__(self, trial: Any) -> float | tuple[float, float]:
-        import optuna
-
-        from tuner.study.notes import save_trial_note
-        from tuner.study.references import edit_metrics
-        from tuner.study.scoring import CONSTRAINT_NAMES, score_metrics
-
-        self.current = trial.number
-        obj = self.cfg.objective
+    def start(self, trial: Any) -> Any:
+        """The trial's setting, suggested and stored with the worker and the facts."""
         hp = self.space.suggest(trial, self.cfg.hparams)
         trial.set_user_attr("worker", self.worker)
         trial.set_user_attr("hparams", hp.to_dict())
         trial.set_user_attr("fingerprint", self.fingerprint)
         trial.set_user_attr("facts", [f.case_id for f in self.facts])
+        return hp
+
+    def __call__(self, trial: Any) -> float | tuple[float, float]:
+        from tuner.study.references import edit_metrics
+
+        self.current = trial.number
+        hp = self.start(trial)
+
+        # v* of all K facts in one optimisation, pruned on its trajectory; then every edit
+        # scored alone (in shared batches)
+        def on_step(step: int, probs: list[float]) -> None:
+            self._on_step(trial, step, probs, hp.v_num_grad_steps)
+
+        return self.finish(trial, hp, lambda: edit_metrics(self.editor, self.cfg, self.facts, hp, on_step=on_step))
+
+    def batch(self, trials: list[Any], hps: list[Any]) -> list[Callable[[], list[Any]]]:
+        """Several started trials run as one batch (``tuner.rome.modes.run_trials``: one v*
+        optimisation and one scoring pass for all trials sharing a layer; a trial MEMIT, the
+        hybrid or a non-independent mode needs runs alone). Returns, per trial, what ``finish``
+        computes: its results, or raises its ``optuna.TrialPruned``. A signal aborts the whole
+        batch (``Interrupted``); any other error too, and the caller runs the trials alone."""
+        import optuna
+
+        from tuner.errors import checkpoint
+        from tuner.rome.modes import batch_key, run_trials
+        from tuner.study.references import edit_metrics, judge_disabling
+
+        K = len(self.facts)
+        outcome: dict[int, Any] = {}
+        groups: dict[Any, list[int]] = {}
+        for i, hp in enumerate(hps):
+            key = batch_key(hp, self.cfg.facts.mode)
+            groups.setdefault(key if key is not None else ("alone", i), []).append(i)
+        for members in groups.values():
+            pruned: dict[int, Exception] = {}
+
+            def on_step(step: int, probs: list[float], members: list[int] = members,
+                        pruned: dict[int, Exception] = pruned) -> list[int]:
+                checkpoint()
+                stop = []
+                for slot, i in enumerate(members):
+                    if i in pruned:
+                        continue
+                    try:
+                        self._report(trials[i], step, probs[slot * K:(slot + 1) * K], hps[i].v_num_grad_steps)
+                    except optuna.TrialPruned as exc:
+                        pruned[i] = exc
+                        stop += range(slot * K, (slot + 1) * K)
+                return stop
+
+            if len(members) == 1 and batch_key(hps[members[0]], self.cfg.facts.mode) is None:
+                i = members[0]
+                outcome[i] = edit_metrics(self.editor, self.cfg, self.facts, hps[i],
+                                          on_step=lambda step, probs, i=i: self._on_step(trials[i], step, probs,
+                                                                                         hps[i].v_num_grad_steps))
+                continue
+            results = run_trials(self.editor, self.facts, [hps[i] for i in members], on_step=on_step,
+                                 skip=lambda members=members, pruned=pruned: {s for s, i in enumerate(members)
+                                                                            if i in pruned})
+            for slot, i in enumerate(members):
+                if i in pruned:
+                    outcome[i] = pruned[i]
+                else:
+                    judge_disabling(self.cfg, results[slot])
+                    outcome[i] = results[slot]
+
+        def result_of(i: int) -> Callable[[], list[Any]]:
+            def get() -> list[Any]:
+                if isinstance(outcome[i], Exception):
+                    raise outcome[i]
+                return outcome[i]
+            return get
+
+        return [result_of(i) for i in range(len(trials))]
+
+    def finish(self, trial: Any, hp: Any, compute: Callable[[], list[Any]], seconds: float | None = None
+               ) -> float | tuple[float, float]:
+        """Run ``compute`` (the trial's edit results), store everything a trial records and
+        return its value; on an error the reason is stored and the error raised. ``seconds``:
+        the trial's share of a batch's wall time (default: the time ``compute`` took)."""
+        import optuna
+
+        from tuner.study.notes import save_trial_note
+        from tuner.study.scoring import CONSTRAINT_NAMES, score_metrics
+
+        obj = self.cfg.objective
         per_fact, trajectories, score = [], [], None
         t0 = time.perf_counter()
         try:
-            # v* of all K facts in one optimisation, pruned on its trajectory; then every edit
-            # scored alone (in shared batches)
-            def on_step(step: int, probs: list[float]) -> None:
-                self._on_step(trial, step, probs, hp.v_num_grad_steps)
-
-            results = edit_metrics(self.editor, self.cfg, self.facts, hp, on_step=on_step)
+            results = compute()
             for i, (fact, result) in enumerate(zip(self.facts, results)):
                 if i == 0:
                     trial.set_user_attr("context_templates", result.context_templates)
@@ -152,7 +232,7 @@ class Objective:
             if _still_running(trial):
                 trial.set_user_attr("per_fact", per_fact)
                 trial.set_user_attr("trajectory", trajectories)
-                trial.set_user_attr("seconds", round(time.perf_counter() - t0, 3))
+                trial.set_user_attr("seconds", round(seconds if seconds is not None else time.perf_counter() - t0, 3))
                 trial.set_user_attr("compute_seconds", round(sum(m["compute_seconds"] for m in per_fact), 3))
                 if score is not None:
                     trial.set_user_attr("score", score.to_dict())

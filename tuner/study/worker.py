@@ -250,6 +250,92 @@ def run_trial(study: Any, objective: Any, trial: Any, heartbeat: Heartbeat) -> A
         checkpoint()  # a signal that came while the result was being stored
 
 
+def run_batch(study: Any, objective: Any, reserved: list[tuple[Any, Heartbeat]], hps: list[Any]) -> list[Any]:
+    """Run several reserved, started trials (``Objective.start``) as one batch
+    (``Objective.batch``) and tell Optuna each outcome, as ``run_trial`` does for one. An
+    interrupt fails every trial of the batch and queues each again; any other error in the
+    shared work runs the trials one by one, so only the trial at fault fails."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from tuner.errors import Interrupted, checkpoint, deferred_signals
+
+    trials = [t for t, _ in reserved]
+    t0 = time.perf_counter()
+    try:
+        with deferred_signals():
+            outcomes = objective.batch(trials, hps)
+    except Interrupted:
+        for trial, heartbeat in reserved:
+            heartbeat.stop()
+            stored = study._storage.get_trial(trial._trial_id)
+            if stored.state == TrialState.RUNNING:
+                study.tell(trial, state=TrialState.FAIL)
+                if not STUDY_DELETED.is_set():
+                    study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number})
+        raise
+    except Exception as exc:  # noqa: BLE001 - e.g. one setting's loss diverged: find which, alone
+        log.warning("a batch of %d trials failed (%s); running them one by one", len(trials),
+                    str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        outcomes = [None] * len(trials)
+    share = (time.perf_counter() - t0) / len(trials)
+    frozen: list[Any] = []
+    try:
+        for (trial, heartbeat), hp, get in zip(reserved, hps, outcomes):
+            objective.current = trial.number
+            if get is None:  # alone, as a trial of its own
+                def one(t: Any, hp: Any = hp) -> Any:
+                    return objective.finish(t, hp, lambda: _alone(objective, t, hp))
+            else:
+                def one(t: Any, hp: Any = hp, get: Any = get) -> Any:
+                    return objective.finish(t, hp, get, seconds=share)
+            frozen.append(run_trial(study, one, trial, heartbeat))
+    except Interrupted:  # while the batch's results were stored: the rest go back to the queue
+        for trial, heartbeat in reserved[len(frozen) + 1:]:
+            heartbeat.stop()
+            if study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
+                study.tell(trial, state=TrialState.FAIL)
+                if not STUDY_DELETED.is_set():
+                    study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number})
+        raise
+    checkpoint()
+    return frozen
+
+
+def reserve_batch(study: Any, storage: Any, lock: Any, budget: int, objective: Any, first: tuple[Any, Heartbeat],
+                  size: int) -> tuple[list[tuple[Any, Heartbeat]], list[Any]]:
+    """``first`` and up to ``size − 1`` more trials, each started (its setting suggested)
+    before the next is asked for, so the sampler sees the batch's earlier settings as running
+    trials (Optuna's GP and TPE samplers then propose elsewhere). Stops early when the budget
+    has no trial left to give."""
+    from optuna.trial import TrialState
+
+    batch, hps = [], []
+    nxt: Any = first
+    while True:
+        trial, heartbeat = nxt
+        try:
+            hps.append(objective.start(trial))
+            batch.append(nxt)
+        except Exception as exc:  # noqa: BLE001 - this trial fails; the batch goes on without it
+            log.warning("trial %d failed before it ran: %s", trial.number, str(exc).splitlines()[0])
+            heartbeat.stop()
+            study.tell(trial, state=TrialState.FAIL)
+        if len(batch) >= size:
+            break
+        nxt = reserve(study, storage, lock, budget)
+        if not isinstance(nxt, tuple):  # WAIT, None (budget met) or DELETED: run what we have
+            break
+    return batch, hps
+
+
+def _alone(objective: Any, trial: Any, hp: Any) -> list[Any]:
+    from tuner.study.references import edit_metrics
+
+    return edit_metrics(objective.editor, objective.cfg, objective.facts, hp,
+                        on_step=lambda step, probs: objective._on_step(trial, step, probs, hp.v_num_grad_steps))
+
+
 class _Deleted(Exception):
     """The study was marked for deletion: the worker stops (``run_worker`` says so once)."""
 
@@ -278,7 +364,7 @@ def check_remote_code(cfg: Any, consent: bool, name: str | None = None) -> None:
 
 def run_worker(url: str | None, name: str, *, device: str | None = None, threads: int | None = None,
                quiet: bool = False, seed_offset: int | None = None, parent_pid: int | None = None,
-               trust_remote_code: bool = False) -> int:
+               trust_remote_code: bool = False, batch_trials: int | str = 1) -> int:
     from tuner.errors import checkpoint, deferred_signals
     from tuner.study.storage import resolve_url
 
@@ -290,7 +376,7 @@ def run_worker(url: str | None, name: str, *, device: str | None = None, threads
     with deferred_signals():  # the worker acts on signals only at its checkpoints, never inside a library
         try:
             return _work(url, name, device=device, threads=threads, quiet=quiet, seed_offset=seed_offset,
-                         trust_remote_code=trust_remote_code, checkpoint=checkpoint)
+                         trust_remote_code=trust_remote_code, checkpoint=checkpoint, batch_trials=batch_trials)
         except BaseException as exc:
             from tuner.study.retrying import is_transient
 
@@ -303,6 +389,51 @@ def run_worker(url: str | None, name: str, *, device: str | None = None, threads
     log.log(logging.INFO if parent_pid is not None else logging.WARNING,
             "study %r is being deleted (tuner delete): worker %d stops", name, os.getpid())
     return 0
+
+
+MAX_BATCH_TRIALS = 8
+BATCH_MEMORY_SHARE = 0.5
+"""``--batch-trials auto`` on a GPU: trials per batch while their v* state and edits fit in this
+share of the free device memory (the forward passes are chunked whatever the batch)."""
+
+
+def parse_batch_trials(value: str | int) -> int | str:
+    """``--batch-trials``: a positive count, or ``auto``."""
+    if value == "auto":
+        return value
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        n = 0
+    if n < 1:
+        raise ConfigError(f"--batch-trials must be a positive number of trials or 'auto', got {value!r}")
+    return n
+
+
+def trials_per_batch(value: int | str, device: str, n_facts: int, model_config: Any) -> int:
+    """``auto``: one trial at a time on the CPU (``bench/batch_trials.py`` measures what batching
+    gains there); on a GPU as many as fit ``BATCH_MEMORY_SHARE`` of its free memory, by the
+    size of a trial's δ, Adam state and rank-one updates (at most ``MAX_BATCH_TRIALS``)."""
+    value = parse_batch_trials(value)
+    if value != "auto":
+        return int(value)
+    if not str(device).startswith("cuda"):
+        return 1
+    import torch
+
+    free, _ = torch.cuda.mem_get_info(torch.device(device))
+    d_model = getattr(model_config, "hidden_size", None) or getattr(model_config, "n_embd", None) or 4096
+    d_ff = (getattr(model_config, "intermediate_size", None) or getattr(model_config, "ffn_hidden_size", None)
+            or getattr(model_config, "n_inner", None) or 4 * d_model)
+    return batch_size_for(free, n_facts, d_model, d_ff)
+
+
+def batch_size_for(free_bytes: int, facts: int, d_model: int, d_ff: int) -> int:
+    """Trials that fit ``BATCH_MEMORY_SHARE`` of ``free_bytes``: per fact a trial holds δ and
+    Adam's two moments (3 × d_model float32), its rank-one update (d_model × d_ff in float64, the
+    largest term) and the scoring's per-row u and Λ."""
+    per_trial = facts * (4 * 3 * d_model + 8 * (d_model * d_ff + d_model + d_ff))
+    return max(1, min(MAX_BATCH_TRIALS, int(free_bytes * BATCH_MEMORY_SHARE) // max(1, per_trial)))
 
 
 def _study_gone(url: str, name: str) -> bool:
@@ -319,7 +450,7 @@ def _study_gone(url: str, name: str) -> bool:
 
 
 def _work(url: str, name: str, *, device: str | None, threads: int | None, quiet: bool, seed_offset: int | None,
-          trust_remote_code: bool, checkpoint: Any) -> int:
+          trust_remote_code: bool, checkpoint: Any, batch_trials: int | str = 1) -> int:
     import optuna
     import torch
 
@@ -355,7 +486,9 @@ def _work(url: str, name: str, *, device: str | None, threads: int | None, quiet
     checkpoint()
     objective = Objective(cfg, editor, facts, space, fingerprint=loaded.fingerprint, device=loaded.device,
                           thresholds=thresholds)
-    log.info("worker %d on %s joined study %r (%d facts per trial)", os.getpid(), loaded.device, name, len(facts))
+    batch_trials = trials_per_batch(batch_trials, loaded.device, len(facts), loaded.model.config)
+    log.info("worker %d on %s joined study %r (%d facts per trial%s)", os.getpid(), loaded.device, name, len(facts),
+             f", {batch_trials} trials per batch" if batch_trials > 1 else "")
     lock = BudgetLock(storage, url, name)
     budget = budget_of(study)
     ran, failures = 0, 0
@@ -373,16 +506,21 @@ def _work(url: str, name: str, *, device: str | None, threads: int | None, quiet
             time.sleep(POLL_SECONDS)
             budget = budget_of(study)
             continue
-        trial, heartbeat = reserved
-        objective.current = trial.number
-        frozen = run_trial(study, objective, trial, heartbeat)
-        ran += 1
-        if frozen.state == optuna.trial.TrialState.FAIL:
-            failures += 1
-            if failures >= MAX_CONSECUTIVE_FAILURES:
-                reason = frozen.user_attrs.get("fail_reason", "see the trial attributes")
-                raise TunerError(f"{failures} trials in a row failed; last reason: {reason}")
+        if batch_trials > 1:
+            batch, hps = reserve_batch(study, storage, lock, budget, objective, reserved, batch_trials)
+            done = run_batch(study, objective, batch, hps) if batch else []
         else:
-            failures = 0
+            trial, heartbeat = reserved
+            objective.current = trial.number
+            done = [run_trial(study, objective, trial, heartbeat)]
+        for frozen in done:
+            ran += 1
+            if frozen.state == optuna.trial.TrialState.FAIL:
+                failures += 1
+                if failures >= MAX_CONSECUTIVE_FAILURES:
+                    reason = frozen.user_attrs.get("fail_reason", "see the trial attributes")
+                    raise TunerError(f"{failures} trials in a row failed; last reason: {reason}")
+            else:
+                failures = 0
     log.info("worker %d done: ran %d trials", os.getpid(), ran)
     return ran
