@@ -114,17 +114,17 @@ class Objective:
         return hp
 
     def __call__(self, trial: Any) -> float | tuple[float, float]:
-        from tuner.study.references import edit_metrics
-
         self.current = trial.number
         hp = self.start(trial)
+        return self.finish(trial, hp, lambda: self.alone(trial, hp))
 
-        # v* of all K facts in one optimisation, pruned on its trajectory; then every edit
-        # scored alone (in shared batches)
-        def on_step(step: int, probs: list[float]) -> None:
-            self._on_step(trial, step, probs, hp.v_num_grad_steps)
+    def alone(self, trial: Any, hp: Any) -> list[Any]:
+        """The trial's edit results, computed on their own: v* of all K facts in one
+        optimisation, pruned on its trajectory; then every edit scored alone (in shared batches)."""
+        from tuner.study.references import edit_metrics
 
-        return self.finish(trial, hp, lambda: edit_metrics(self.editor, self.cfg, self.facts, hp, on_step=on_step))
+        return edit_metrics(self.editor, self.cfg, self.facts, hp,
+                            on_step=lambda step, probs: self._on_step(trial, step, probs, hp.v_num_grad_steps))
 
     def batch(self, trials: list[Any], hps: list[Any]) -> list[Callable[[], list[Any]]]:
         """Several started trials run as one batch (``tuner.rome.modes.run_trials``: one v*
@@ -132,50 +132,18 @@ class Objective:
         hybrid or a non-independent mode needs runs alone). Returns, per trial, what ``finish``
         computes: its results, or raises its ``optuna.TrialPruned``. A signal aborts the whole
         batch (``Interrupted``); any other error too, and the caller runs the trials alone."""
-        import optuna
+        from tuner.rome.modes import batch_key
 
-        from tuner.errors import checkpoint
-        from tuner.rome.modes import batch_key, run_trials
-        from tuner.study.references import edit_metrics, judge_disabling
-
-        K = len(self.facts)
         outcome: dict[int, Any] = {}
         groups: dict[Any, list[int]] = {}
         for i, hp in enumerate(hps):
             key = batch_key(hp, self.cfg.facts.mode)
             groups.setdefault(key if key is not None else ("alone", i), []).append(i)
-        for members in groups.values():
-            pruned: dict[int, Exception] = {}
-
-            def on_step(step: int, probs: list[float], members: list[int] = members,
-                        pruned: dict[int, Exception] = pruned) -> list[int]:
-                checkpoint()
-                stop = []
-                for slot, i in enumerate(members):
-                    if i in pruned:
-                        continue
-                    try:
-                        self._report(trials[i], step, probs[slot * K:(slot + 1) * K], hps[i].v_num_grad_steps)
-                    except optuna.TrialPruned as exc:
-                        pruned[i] = exc
-                        stop += range(slot * K, (slot + 1) * K)
-                return stop
-
-            if len(members) == 1 and batch_key(hps[members[0]], self.cfg.facts.mode) is None:
-                i = members[0]
-                outcome[i] = edit_metrics(self.editor, self.cfg, self.facts, hps[i],
-                                          on_step=lambda step, probs, i=i: self._on_step(trials[i], step, probs,
-                                                                                         hps[i].v_num_grad_steps))
-                continue
-            results = run_trials(self.editor, self.facts, [hps[i] for i in members], on_step=on_step,
-                                 skip=lambda members=members, pruned=pruned: {s for s, i in enumerate(members)
-                                                                            if i in pruned})
-            for slot, i in enumerate(members):
-                if i in pruned:
-                    outcome[i] = pruned[i]
-                else:
-                    judge_disabling(self.cfg, results[slot])
-                    outcome[i] = results[slot]
+        for key, members in groups.items():
+            if key[0] == "alone":
+                outcome[members[0]] = self.alone(trials[members[0]], hps[members[0]])
+            else:
+                outcome.update(self._group(trials, hps, members))
 
         def result_of(i: int) -> Callable[[], list[Any]]:
             def get() -> list[Any]:
@@ -185,6 +153,41 @@ class Objective:
             return get
 
         return [result_of(i) for i in range(len(trials))]
+
+    def _group(self, trials: list[Any], hps: list[Any], members: list[int]) -> dict[int, Any]:
+        """``members`` (indices into ``trials``, one ``batch_key``) in one ``run_trials`` batch:
+        each trial's results, or its ``optuna.TrialPruned`` (its facts left the batch then)."""
+        import optuna
+
+        from tuner.rome.modes import run_trials
+        from tuner.study.references import judge_disabling
+
+        K = len(self.facts)
+        pruned: dict[int, Exception] = {}
+
+        def on_step(step: int, probs: list[float]) -> list[int]:
+            checkpoint()
+            stop = []
+            for slot, i in enumerate(members):
+                if i in pruned:
+                    continue
+                try:
+                    self._report(trials[i], step, probs[slot * K:(slot + 1) * K], hps[i].v_num_grad_steps)
+                except optuna.TrialPruned as exc:
+                    pruned[i] = exc
+                    stop += range(slot * K, (slot + 1) * K)
+            return stop
+
+        results = run_trials(self.editor, self.facts, [hps[i] for i in members], on_step=on_step,
+                             skip=lambda: {slot for slot, i in enumerate(members) if i in pruned})
+        out: dict[int, Any] = {}
+        for slot, i in enumerate(members):
+            if i in pruned:
+                out[i] = pruned[i]
+            else:
+                judge_disabling(self.cfg, results[slot])
+                out[i] = results[slot]
+        return out
 
     def finish(self, trial: Any, hp: Any, compute: Callable[[], list[Any]], seconds: float | None = None
                ) -> float | tuple[float, float]:

@@ -285,7 +285,7 @@ def run_batch(study: Any, objective: Any, reserved: list[tuple[Any, Heartbeat]],
             objective.current = trial.number
             if get is None:  # alone, as a trial of its own
                 def one(t: Any, hp: Any = hp) -> Any:
-                    return objective.finish(t, hp, lambda: _alone(objective, t, hp))
+                    return objective.finish(t, hp, lambda: objective.alone(t, hp))
             else:
                 def one(t: Any, hp: Any = hp, get: Any = get) -> Any:
                     return objective.finish(t, hp, get, seconds=share)
@@ -327,13 +327,6 @@ def reserve_batch(study: Any, storage: Any, lock: Any, budget: int, objective: A
         if not isinstance(nxt, tuple):  # WAIT, None (budget met) or DELETED: run what we have
             break
     return batch, hps
-
-
-def _alone(objective: Any, trial: Any, hp: Any) -> list[Any]:
-    from tuner.study.references import edit_metrics
-
-    return edit_metrics(objective.editor, objective.cfg, objective.facts, hp,
-                        on_step=lambda step, probs: objective._on_step(trial, step, probs, hp.v_num_grad_steps))
 
 
 class _Deleted(Exception):
