@@ -99,7 +99,7 @@ def bare_step(model: Any, adapter: Any, layer: int, kwargs: dict, rows: Any, col
     is compared with."""
     import torch
 
-    from tuner.rome.hooks import Trace
+    from tuner.plumbing.hooks import Trace
 
     d = model.config.hidden_size
     delta = torch.zeros(d, device=rows.device, requires_grad=True)
@@ -122,16 +122,16 @@ def measure(name: str, model: Any, tok: Any, facts: list, *, layer: int, layers:
             steps: tuple[int, int], device: Any) -> dict[str, float]:
     import torch
 
-    from tuner.rome.adapters import detect_adapter
+    from tuner.plumbing.adapters import detect_adapter
     from tuner.rome.compute_v import VRequest, compute_vs
     from tuner.rome.context import context_templates
-    from tuner.rome.hparams import ROMEHyperParams
+    from tuner.hparams import EditHParams
     from tuner.rome.layer_stats import compute_second_moments
-    from tuner.rome.tokens import target_token_ids
+    from tuner.plumbing.tokens import target_token_ids
 
     model.requires_grad_(False)
     adapter = detect_adapter(model.config, family="chatglm" if "chatglm" in name.lower() else None)
-    hp = ROMEHyperParams(layer=layer, v_num_grad_steps=steps[1], v_lr=0.05, early_stop_loss=None,
+    hp = EditHParams(layer=layer, v_num_grad_steps=steps[1], v_lr=0.05, early_stop_loss=None,
                          mom2_adjustment=False, context_template_length_params=[[5, 10], [10, 10]])
     templates = context_templates(model, tok, hp.context_templates, hp.context_template_length_params, seed=0)
     requests = [VRequest(f.prompt, f.subject, tuple(target_token_ids(tok, f.rewrite_prompt, f.target_new)))
@@ -150,9 +150,9 @@ def measure(name: str, model: Any, tok: Any, facts: list, *, layer: int, layers:
     sequential = sum(engine([r], hi) for r in requests)
 
     # the bare step on one fact's rows, built the way the engine builds them
-    from tuner.rome.compute_v import _Rows
+    from tuner.rome.v_batch import VRows
 
-    rows_data = _Rows(tok, adapter, hp, requests[:1], templates, device)
+    rows_data = VRows(tok, adapter, hp, requests[:1], templates, device)
     kwargs = rows_data.batch.model_kwargs(model)
     n_rows = len(templates)
     rows = torch.arange(n_rows, device=device)
@@ -168,7 +168,7 @@ def measure(name: str, model: Any, tok: Any, facts: list, *, layer: int, layers:
     compute_second_moments(model, tok, adapter, layers, texts, n_samples=stats_tokens, progress=False)
     sync(device)
     one_pass = time.perf_counter() - t0
-    from tuner.rome.editor import Editor
+    from tuner.edit.editor import Editor
 
     editor = Editor(model, tok, adapter, fingerprint="bench", stats_texts=[], progress=False)
     plans = editor.plan_many(facts, hp.replace(v_num_grad_steps=lo))
@@ -182,7 +182,7 @@ def measure(name: str, model: Any, tok: Any, facts: list, *, layer: int, layers:
     evaluation = time.perf_counter() - t0
     # the fluency check's greedy decoding (8 facts x 5 prompts x 16 tokens): with the key/value
     # cache and re-running the whole sequence every token; sequence-first models always re-run
-    from tuner.rome.fluency import fluency_prompts, greedy_continuations
+    from tuner.metrics.fluency import fluency_prompts, greedy_continuations
 
     prompts = [p for f in facts for p in fluency_prompts(f)]
     decoded, decode_s = {}, {}
@@ -193,7 +193,7 @@ def measure(name: str, model: Any, tok: Any, facts: list, *, layer: int, layers:
     same = sum(a == b for a, b in zip(decoded[True], decoded[False]))
     # MEMIT: 8 facts in one edit over a two-layer window vs 8 independent ROME edits (each its own
     # v*, k* and rank-one update), the same v* steps; C = I (no statistics) in both
-    from tuner.rome.memit import memit_plan
+    from tuner.memit.plan import memit_plan
 
     def rome_each() -> None:
         for fact in facts:
@@ -252,7 +252,7 @@ def main() -> None:
         n_params = sum(p.numel() for p in model.parameters())
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        from tuner.rome.adapters import detect_adapter
+        from tuner.plumbing.adapters import detect_adapter
 
         depth = detect_adapter(model.config, family="chatglm" if "ChatGLM" in name else None).n_layers(model.config)
         layers = [i for i in study.search.layers(study.hparams) if i < depth]  # the study's searched layers

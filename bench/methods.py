@@ -9,7 +9,7 @@ same v* settings (the default study's fixed hyperparameters at layer 0; MEMIT's 
 λ = mom2_update_weight's default; MEMIT's clamp, measured against the residual stream's norm
 (several times the MLP output's), is --memit-clamp, also for the hybrid's MEMIT pass),
 edited with every method in every mode
-(``tuner.rome.modes``). Per cell: efficacy (share of facts whose new target beats the true one
+(``tuner.edit.modes``). Per cell: efficacy (share of facts whose new target beats the true one
 on the rewrite prompt), neighbourhood specificity, paraphrase efficacy, the share of facts that
 got a MEMIT pass, and in sequential mode the retention (of the facts edited successfully right
 after their own edit, the share still edited on the final model) — one table."""
@@ -52,7 +52,7 @@ def main() -> None:
     import torch
 
     from tuner.facts.schema import load_facts
-    from tuner.rome.modes import MODES, run_edits
+    from tuner.edit.modes import MODES, run_edits
     from tuner.study.config import StudyConfig
 
     torch.set_num_threads(args.threads)

@@ -71,7 +71,7 @@ def judge(cfg_path: Path, exported: Path) -> dict:
 
     from tuner.study.config import StudyConfig
     from tuner.study.references import UNEDITED, edit_metrics, reference_settings
-    from tuner.study.scoring import Thresholds, score_metrics, score_unedited
+    from tuner.metrics.scoring import Thresholds, score_metrics, score_unedited
 
     torch.set_num_threads(1)
     cfg = StudyConfig.load(cfg_path)

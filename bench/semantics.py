@@ -21,7 +21,7 @@ def main() -> None:
     import torch
 
     from tuner.facts.schema import load_facts
-    from tuner.rome.hparams import preset
+    from tuner.hparams import preset
     from tuner.study.config import StudyConfig
 
     torch.set_num_threads(1)

@@ -93,8 +93,8 @@ def tiny_models(tiny_tok):
 
 @pytest.fixture(scope="session")
 def tiny_editor(tiny_models, tiny_tok, stats_texts, tmp_path_factory):
-    from tuner.rome.adapters import detect_adapter
-    from tuner.rome.editor import Editor
+    from tuner.plumbing.adapters import detect_adapter
+    from tuner.edit.editor import Editor
 
     root = tmp_path_factory.mktemp("stats")
     editors = {}

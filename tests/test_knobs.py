@@ -1,4 +1,4 @@
-"""Each ROME knob is declared once (``tuner.rome.hparams.KNOBS``) and shows up everywhere it
+"""Each ROME knob is declared once (``tuner.hparams.KNOBS``) and shows up everywhere it
 must: YAML validation, the search space, ``tuner edit --help``, trial notes and the export."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import pytest
 
 from tests.conftest import run_cli
 from tuner.errors import ConfigError
-from tuner.rome.hparams import EASYEDIT_DEFAULTS, KNOBS, PRESETS, ROMEHyperParams, preset
+from tuner.hparams import EASYEDIT_DEFAULTS, KNOBS, PRESETS, EditHParams, preset
 from tuner.study.config import StudyConfig
 from tuner.study.export import easyedit_hparams, not_expressible
 from tuner.study.notes import trial_note
@@ -24,13 +24,13 @@ def edit_help() -> str:
 @pytest.mark.parametrize("name", list(KNOBS))
 def test_every_knob_is_everywhere(name, edit_help):
     k = KNOBS[name]
-    hp = ROMEHyperParams()
+    hp = EditHParams()
     # validation: an unknown sibling is rejected, the knob itself is accepted with its default
-    assert getattr(ROMEHyperParams.from_dict({name: hp.to_dict()[name]}), name) == getattr(hp, name)
+    assert getattr(EditHParams.from_dict({name: hp.to_dict()[name]}), name) == getattr(hp, name)
     # notes
     assert f"`{name}`" in trial_note([{"case_id": 0, "final_prob": 0.5}], hp)
     # export: an EasyEdit key, or named in the header as something EasyEdit cannot express
-    from tuner.rome.adapters import ADAPTERS
+    from tuner.plumbing.adapters import ADAPTERS
 
     exported = easyedit_hparams(StudyConfig(), hp, ADAPTERS["llama"], 4)
     assert (k.easyedit in exported) if k.easyedit else (name in not_expressible(hp))
@@ -53,16 +53,16 @@ def test_bounds_come_from_the_declaration():
             continue
         bad = k.min if k.min_open else k.min - 1
         with pytest.raises(ConfigError, match=f"hparams.{name} must be"):
-            ROMEHyperParams.from_dict({name: int(bad) if k.kind == "int" else float(bad)})
+            EditHParams.from_dict({name: int(bad) if k.kind == "int" else float(bad)})
     with pytest.raises(ConfigError, match="unknown key hparams.v_lrr"):
-        ROMEHyperParams.from_dict({"v_lrr": 1.0})
+        EditHParams.from_dict({"v_lrr": 1.0})
 
 
 def test_presets_are_valid_settings():
     """Every preset (ours and EasyEdit's per family) sets exactly the values it declares, and the
     result survives the strict round trip a study file and a trial's attributes go through."""
     names = [*PRESETS, *(f"easyedit-{family}" for family in EASYEDIT_DEFAULTS)]
-    base = ROMEHyperParams()
+    base = EditHParams()
     for name in names:
         declared = (EASYEDIT_DEFAULTS[name.removeprefix("easyedit-")] if name.startswith("easyedit-")
                     else PRESETS[name]).values
@@ -70,7 +70,7 @@ def test_presets_are_valid_settings():
         assert {k: getattr(hp, k) for k in declared} == declared, name
         untouched = set(KNOBS) - set(declared) - {"layer"}
         assert {k: getattr(hp, k) for k in untouched} == {k: getattr(base, k) for k in untouched}, name
-        assert ROMEHyperParams.from_dict(hp.to_dict()) == hp, name
+        assert EditHParams.from_dict(hp.to_dict()) == hp, name
     assert preset("textbook", n_layers=48).layer == 17  # ROME's GPT-2 XL layer
     assert preset("textbook", n_layers=4).v_num_grad_steps == 20
 
@@ -85,7 +85,7 @@ def test_early_stop_knob_stops_the_optimisation(tiny_editor, facts):
     """The knob added through the declaration alone: a loss threshold above the first loss
     stops after one forward pass; none runs every step."""
     ed = tiny_editor("llama")
-    hp = ROMEHyperParams(layer=1, v_num_grad_steps=6, mom2_adjustment=False, context_template_length_params=((3, 2),))
+    hp = EditHParams(layer=1, v_num_grad_steps=6, mom2_adjustment=False, context_template_length_params=((3, 2),))
     full = ed.edit(facts[0], hp)
     assert len(full.trajectory["loss"]) == 6 and full.metrics["early_stopped"] is False
     stopped = ed.edit(facts[0], hp.replace(early_stop_loss=1e6))

@@ -1,5 +1,6 @@
-"""The package imports downward only: cli → report → study → models → rome → facts, plus the
-leaf modules (errors, paths, strict) that import nothing else from tuner. Every import counts,
+"""The package imports downward only: cli → report → study → models → analysis → edit → memit →
+rome → metrics → plumbing → facts, plus the leaf modules (errors, signals, paths, strict, hparams)
+that import nothing else from tuner. Every import counts,
 including the lazy ones inside functions, and no two modules import each other in a cycle."""
 
 from __future__ import annotations
@@ -9,8 +10,9 @@ from pathlib import Path
 
 from tests.conftest import ROOT
 
-LAYERS = ["facts", "rome", "models", "study", "report", "cli"]  # bottom → top
-LEAVES = {"errors", "paths", "strict", "config"}
+LAYERS = ["facts", "plumbing", "metrics", "rome", "memit", "edit", "analysis", "models", "study", "report",
+          "cli"]  # bottom → top
+LEAVES = {"errors", "signals", "paths", "strict", "hparams"}
 PACKAGE = ROOT / "tuner"
 
 
@@ -28,7 +30,7 @@ def imports_of(path: Path) -> set[str]:
         if isinstance(node, ast.Import):
             out |= {a.name for a in node.names if a.name.startswith("tuner")}
         elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("tuner") and node.level == 0:
-            for alias in node.names:  # `from tuner.rome import hparams` imports tuner.rome.hparams
+            for alias in node.names:  # `from tuner import hparams` imports tuner.hparams
                 full = f"{node.module}.{alias.name}"
                 out.add(full if (PACKAGE.parent / (full.replace(".", "/") + ".py")).exists() else node.module)
     return out

@@ -58,11 +58,11 @@ def test_remote_code_needs_explicit_opt_in(chatglm_dir, tmp_path):
 
 
 def test_invariants_hold(loaded, facts):
-    from tuner.rome.module_io import module_io_at
-    from tuner.rome.hparams import ROMEHyperParams
+    from tuner.plumbing.module_io import module_io_at
+    from tuner.hparams import EditHParams
 
     ed = loaded.editor(progress=False)
-    hp = ROMEHyperParams(layer=1, v_num_grad_steps=8, mom2_n_tokens=2000)
+    hp = EditHParams(layer=1, v_num_grad_steps=8, mom2_n_tokens=2000)
     before = {k: v.clone() for k, v in ed.model.state_dict().items()}
     fact = facts[0]
     with ed.edited(fact, hp) as plan:
@@ -72,8 +72,8 @@ def test_invariants_hold(loaded, facts):
 
 
 def test_left_padded_batch_equals_one_at_a_time(loaded, facts):
-    from tuner.rome.module_io import module_io_at
-    from tuner.rome.hparams import ROMEHyperParams
+    from tuner.plumbing.module_io import module_io_at
+    from tuner.hparams import EditHParams
 
     ed = loaded.editor(progress=False)
     fact = facts[5]
@@ -82,7 +82,7 @@ def test_left_padded_batch_equals_one_at_a_time(loaded, facts):
     for i, p in enumerate(prompts):
         alone, _ = module_io_at(ed.model, ed.tok, ed.adapter, 2, [p], fact.subject, "subject_last")
         assert torch.allclose(batched[i], alone[0], atol=1e-4)
-    hp = ROMEHyperParams(layer=1, v_num_grad_steps=6, mom2_adjustment=False)
+    hp = EditHParams(layer=1, v_num_grad_steps=6, mom2_adjustment=False)
     left = ed.plan(fact, hp).v_star
     right_ed = type(ed)(ed.model, ed.tok, dataclasses.replace(ed.adapter, padding_side="right"),
                         fingerprint=ed.fingerprint, stats_texts=ed.stats_texts, stats_root=ed.stats_root, progress=False)
@@ -91,13 +91,13 @@ def test_left_padded_batch_equals_one_at_a_time(loaded, facts):
 
 @pytest.mark.slow
 def test_edit_success_comparable_to_llama_layout(loaded, default_model, facts):
-    from tuner.rome.hparams import ROMEHyperParams, preset
+    from tuner.hparams import EditHParams, preset
 
     def best_layer_efficacy(lm) -> tuple[float, list[float]]:
         ed = lm.editor(progress=False)
         per_layer = []
         for layer in range(lm.n_layers):
-            hp = preset("verify", ROMEHyperParams(layer=layer))
+            hp = preset("verify", EditHParams(layer=layer))
             per_layer.append(sum(ed.edit(f, hp).metrics["efficacy"] for f in facts[:10]) / 10)
         return max(per_layer), per_layer
 

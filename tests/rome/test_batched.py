@@ -9,16 +9,16 @@ import pytest
 import torch
 
 from tests.conftest import FAMILIES
-from tuner.rome.hparams import ROMEHyperParams
+from tuner.hparams import EditHParams
 
 # lr and steps chosen so that on the default model some facts stop early, at different steps
-HP = ROMEHyperParams(layer=1, v_num_grad_steps=25, v_lr=1.0, v_weight_decay=0.001, clamp_norm_factor=12.0,
+HP = EditHParams(layer=1, v_num_grad_steps=25, v_lr=1.0, v_weight_decay=0.001, clamp_norm_factor=12.0,
                      kl_factor=0.01, early_stop_loss=0.1, mom2_adjustment=False)
 
 
 def _requests(editor, facts):
     from tuner.rome.compute_v import VRequest
-    from tuner.rome.tokens import target_token_ids
+    from tuner.plumbing.tokens import target_token_ids
 
     return [VRequest(f.prompt, f.subject, tuple(target_token_ids(editor.tok, f.rewrite_prompt, f.target_new)))
             for f in facts]
@@ -55,7 +55,7 @@ def editor64(default_model):
     """The default model in float64: batching must change nothing but float32 round-off."""
     import copy
 
-    from tuner.rome.editor import Editor
+    from tuner.edit.editor import Editor
 
     model = copy.deepcopy(default_model.model).double()
     return Editor(model, default_model.tok, default_model.adapter, fingerprint="f64", stats_texts=[], progress=False)
@@ -116,8 +116,8 @@ def test_out_of_memory_halves_the_chunk(editor, facts, caplog):
 
 
 def _replay_equals_full(model, adapter, tok, layer):
-    from tuner.rome.prefix import PrefixReplay
-    from tuner.rome.tokens import encode, make_batch, pad_id_of
+    from tuner.plumbing.prefix import PrefixReplay
+    from tuner.plumbing.tokens import encode, make_batch, pad_id_of
 
     texts = ["Danielle Darrieux is a native speaker of", "The Eiffel Tower is in", "Paris", "x y z w v u t s r q"]
     batch = make_batch([encode(tok, t) for t in texts], pad_id=pad_id_of(tok), side="left",
@@ -139,7 +139,7 @@ def _replay_equals_full(model, adapter, tok, layer):
 
 @pytest.mark.parametrize("model_type", FAMILIES)
 def test_replayed_prefix_equals_full_forward(tiny_models, tiny_tok, model_type):
-    from tuner.rome.adapters import detect_adapter
+    from tuner.plumbing.adapters import detect_adapter
 
     model = tiny_models(model_type)
     for layer in (0, 1, 2):
@@ -148,9 +148,9 @@ def test_replayed_prefix_equals_full_forward(tiny_models, tiny_tok, model_type):
 
 def test_replay_skips_the_blocks_below(tiny_models, tiny_tok):
     """The replayed blocks do not run: their MLPs are never called."""
-    from tuner.rome.adapters import detect_adapter
-    from tuner.rome.prefix import PrefixReplay
-    from tuner.rome.tokens import encode, make_batch, pad_id_of
+    from tuner.plumbing.adapters import detect_adapter
+    from tuner.plumbing.prefix import PrefixReplay
+    from tuner.plumbing.tokens import encode, make_batch, pad_id_of
 
     model = tiny_models("llama")
     adapter = detect_adapter(model.config)
@@ -178,9 +178,9 @@ def test_one_pass_statistics_equal_per_layer(tiny_editor, stats_texts, model_typ
     """Every layer's C from one pass (token-budgeted batches, stopped after the top layer)
     equals C built document by document from each layer's own keys; the layer above the
     top is never run."""
-    from tuner.rome.hooks import Trace
+    from tuner.plumbing.hooks import Trace
     from tuner.rome.layer_stats import compute_second_moments
-    from tuner.rome.tokens import encode
+    from tuner.plumbing.tokens import encode
 
     ed = tiny_editor(model_type)
     n = 1500

@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import run_cli
 from tuner.errors import ConfigError
-from tuner.rome.causal_trace import per_layer_effects, trace_facts
+from tuner.analysis.causal_trace import per_layer_effects, trace_facts
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +85,7 @@ def test_trace_restoration_invariant_on_every_family(tiny_editor, facts, model_t
     whatever the architecture (tuple or tensor block outputs, fused attention, ...)."""
     import torch
 
-    from tuner.rome.causal_trace import trace_fact
+    from tuner.analysis.causal_trace import trace_fact
 
     ed = tiny_editor(model_type)
     f = facts[0]

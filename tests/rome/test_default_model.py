@@ -32,7 +32,7 @@ def test_build_meta_reports_accuracy_and_editability(default_model):
 
 
 def test_default_hparams_edit_raises_new_target_probability(default_model, facts):
-    from tuner.rome.evaluate import score_fact
+    from tuner.metrics.counterfact import score_fact
 
     cfg = StudyConfig.load(ROOT / "studies/default.yaml")
     hp = cfg.hparams.replace(layer=best_layer())  # the layer the build measured as most editable

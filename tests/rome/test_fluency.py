@@ -8,21 +8,22 @@ import pytest
 import torch
 
 from tests.conftest import FAMILIES
-from tuner.rome import rank_one
-from tuner.rome.fluency import greedy_continuations
+from tuner.metrics.row_updates import RowUpdates
+from tuner.plumbing.module_io import rewrite_weight
+from tuner.metrics.fluency import greedy_continuations
 
 PROMPTS = ["The capital of France is", "Paris is in", "A", "The Eiffel Tower is located in the city of",
            "Which language", "Rome"]
 
 
-def _edits(model, adapter, layer: int, n: int) -> rank_one.RowUpdates:
+def _edits(model, adapter, layer: int, n: int) -> RowUpdates:
     """n random rank-one updates, large enough to change what the model says."""
-    weight = rank_one.rewrite_weight(model, adapter, layer)
+    weight = rewrite_weight(model, adapter, layer)
     d_out, d_in = (weight.shape if adapter.weight_layout == "out_in" else weight.shape[::-1])
     g = torch.Generator().manual_seed(1)
     lams = torch.randn(n, d_out, generator=g) * 3.0
     us = torch.randn(n, d_in, generator=g)
-    return rank_one.RowUpdates(model, adapter, layer, lams, us)
+    return RowUpdates(model, adapter, layer, lams, us)
 
 
 def _check(model, tok, adapter, layer: int) -> None:

@@ -9,11 +9,11 @@ import torch
 
 from tests.conftest import FAMILIES
 from tuner.errors import ConfigError, EditError
-from tuner.rome.module_io import module_io_at
-from tuner.rome.hooks import get_module
-from tuner.rome.hparams import ROMEHyperParams
+from tuner.plumbing.module_io import module_io_at
+from tuner.plumbing.hooks import get_module
+from tuner.hparams import EditHParams
 
-HP = ROMEHyperParams(layer=1, v_num_grad_steps=6, v_lr=0.5, v_weight_decay=0.01, mom2_n_tokens=600,
+HP = EditHParams(layer=1, v_num_grad_steps=6, v_lr=0.5, v_weight_decay=0.01, mom2_n_tokens=600,
                      context_template_length_params=((3, 3),))
 
 
@@ -100,7 +100,7 @@ def test_left_padded_batch_equals_one_by_one(tiny_editor, facts, model_type):
 
 
 def test_batched_scores_equal_single_scores(tiny_editor, facts):
-    from tuner.rome.evaluate import target_logprobs
+    from tuner.metrics.counterfact import target_logprobs
 
     ed = tiny_editor("llama")
     pairs = [(p, facts[4].target_new) for p in (facts[4].rewrite_prompt, *facts[4].neighborhood_prompts)]
@@ -116,7 +116,7 @@ def test_layer_out_of_range_is_a_config_error(tiny_editor, facts):
 
 
 def test_subject_not_in_prompt_is_an_edit_error(tiny_tok):
-    from tuner.rome.tokens import subject_token_index
+    from tuner.plumbing.tokens import subject_token_index
 
     with pytest.raises(EditError, match="not found in prompt"):
         subject_token_index(tiny_tok, "Someone Else speaks the language", "Nobody Atall", "subject_last")
@@ -126,7 +126,7 @@ def test_unknown_architecture_is_named():
     from transformers import OPTConfig
 
     from tuner.errors import ArchitectureError
-    from tuner.rome.adapters import detect_adapter
+    from tuner.plumbing.adapters import detect_adapter
 
     with pytest.raises(ArchitectureError, match="unknown architecture 'opt'"):
         detect_adapter(OPTConfig())

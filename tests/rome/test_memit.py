@@ -1,4 +1,4 @@
-"""MEMIT (``tuner.rome.memit``): the normal equations at every layer of the window, the residual
+"""MEMIT (``tuner.memit.plan``): the normal equations at every layer of the window, the residual
 spread over the layers with the lower updates applied, bit-exact restores, batching under
 sequence-first left padding, and an end-to-end edit of 8 facts at once on the default model."""
 
@@ -10,19 +10,19 @@ import torch
 
 from tests.conftest import ROOT
 from tuner.errors import ConfigError
-from tuner.rome.hooks import Trace, get_module
-from tuner.rome.hparams import ROMEHyperParams, preset
+from tuner.plumbing.hooks import Trace, get_module
+from tuner.hparams import EditHParams, preset
 
 # v* settings of the `verify` preset (they edit the default model) with MEMIT's clamp measured
-# against the residual stream (clamp 2: tuner.rome.memit's sweep); window 0-1 of its 4 layers
-E2E = preset("verify", ROMEHyperParams(method="memit", layer=0, window_size=2)).replace(clamp_norm_factor=2.0)
-SMALL = ROMEHyperParams(method="memit", layer=0, window_size=2, v_num_grad_steps=5, v_lr=0.5, v_weight_decay=0.01,
+# against the residual stream (clamp 2: tuner.memit.plan's sweep); window 0-1 of its 4 layers
+E2E = preset("verify", EditHParams(method="memit", layer=0, window_size=2)).replace(clamp_norm_factor=2.0)
+SMALL = EditHParams(method="memit", layer=0, window_size=2, v_num_grad_steps=5, v_lr=0.5, v_weight_decay=0.01,
                         mom2_n_tokens=2000, context_template_length_params=((3, 3),))
 
 
 def _requests(editor, facts):
     from tuner.rome.compute_v import VRequest
-    from tuner.rome.tokens import target_token_ids
+    from tuner.plumbing.tokens import target_token_ids
 
     return [VRequest(f.prompt, f.subject, tuple(target_token_ids(editor.tok, f.rewrite_prompt, f.target_new)))
             for f in facts]
@@ -33,7 +33,7 @@ def _cov_of(editor, hp):
 
 
 def _plan(editor, hp, facts, cov_of=None, **kwargs):
-    from tuner.rome.memit import memit_plan
+    from tuner.memit.plan import memit_plan
 
     return memit_plan(editor.model, editor.tok, editor.adapter, hp, _requests(editor, facts),
                       editor.context_templates(hp), cov_of or _cov_of(editor, hp), **kwargs)
@@ -54,7 +54,7 @@ def editor(default_model):
 
 def _hidden_at_top(editor, hp, facts):
     """Block top's output at each bare prompt's fact token, each prompt run alone: (d_model, N)."""
-    from tuner.rome.tokens import encode, subject_token_index
+    from tuner.plumbing.tokens import encode, subject_token_index
 
     top = hp.layer + hp.window_size - 1
     cols = []
@@ -74,7 +74,7 @@ def test_normal_equations_and_residual_spread(editor, tiny_editor, facts, model_
     the keys and the residual at the top are those of the model with the lower ΔW applied
     (checked independently, one prompt at a time); GPT-2: Conv1D's (in, out) weight layout."""
     from tuner.rome.compute_k import compute_k
-    from tuner.rome.memit import weight_updates
+    from tuner.memit.window import weight_updates
 
     ed = editor if model_type == "default" else tiny_editor(model_type)
     hp = SMALL.replace(mom2_update_weight=3.0 if model_type == "default" else 0.5)
@@ -140,7 +140,7 @@ def test_one_fact_one_layer_is_rome_scaled(editor, facts):
 
 
 def test_weights_restored_bit_exactly(editor, facts):
-    from tuner.rome.memit import weight_updates
+    from tuner.memit.window import weight_updates
 
     hp = SMALL.replace(layer=1)
     before = _state(editor.model)
@@ -186,8 +186,8 @@ def chatglm_editor(kb, tmp_path_factory, stats_texts):
     """A randomly initialised ChatGLM3-interface model (sequence-first activations) with a left-padding
     ``[gMASK] <sop>`` tokenizer: batching, not editing success, is what is tested on it."""
     from tests.chatglm.build import untrained_chatglm
-    from tuner.rome.adapters import ADAPTERS
-    from tuner.rome.editor import Editor
+    from tuner.plumbing.adapters import ADAPTERS
+    from tuner.edit.editor import Editor
 
     model, tok = untrained_chatglm(kb)
     return Editor(model.eval(), tok, ADAPTERS["chatglm"], fingerprint="chatglm-memit", stats_texts=stats_texts,
@@ -235,15 +235,15 @@ def test_left_padded_sequence_first_batch_equals_one_by_one(chatglm_editor, fact
 def test_memit_edits_eight_facts_at_once(editor):
     """The first 8 facts of the synthetic set, one MEMIT update over layers 0-1 with the default
     λ: efficacy (mean log P(new) > mean log P(true) on the rewrite prompt) for at least 5 of 8,
-    mean specificity at least 0.9 (the figures tuner.rome.memit's docstring quotes). The default
+    mean specificity at least 0.9 (the figures tuner.memit.plan's docstring quotes). The default
     model is the one built on this machine's CPU kernels (``tuner model build``): one built on an
     AMD EPYC flips 5 of 8 here, one built earlier on another CPU 7 of 8."""
     from tuner.facts.schema import load_facts
-    from tuner.rome.evaluate import edit_metrics, score_facts
-    from tuner.rome.memit import weight_updates
+    from tuner.metrics.counterfact import edit_metrics, score_facts
+    from tuner.memit.window import weight_updates
 
     fs = load_facts(ROOT / "studies/facts/synthetic_edits.json")[:8]
-    assert E2E.mom2_update_weight == ROMEHyperParams().mom2_update_weight
+    assert E2E.mom2_update_weight == EditHParams().mom2_update_weight
     before = _state(editor.model)
     pre = score_facts(editor.model, editor.tok, editor.adapter, fs)
     plan = _plan(editor, E2E, fs)

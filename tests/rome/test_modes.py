@@ -1,4 +1,4 @@
-"""Methods × edit modes (``tuner.rome.modes``): weights restored in every combination, batch ROME
+"""Methods × edit modes (``tuner.edit.modes``): weights restored in every combination, batch ROME
 is the K rank-one updates applied together, sequential mode re-measures earlier facts on the
 final model (retention), the hybrid's rule decides which facts get a MEMIT pass, and a study
 searching ``method`` runs its conditional space on SQLite and PostgreSQL."""
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.conftest import ROOT
-from tuner.rome.modes import MODES, run_edits
+from tuner.edit.modes import MODES, run_edits
 
 HP = dict(layer=0, v_num_grad_steps=30, v_lr=0.5, v_weight_decay=1e-3, clamp_norm_factor=12.0, kl_factor=0.01,
           mom2_adjustment=True)
@@ -28,9 +28,9 @@ def facts():
 
 
 def _hp(editor, **changes):
-    from tuner.rome.hparams import ROMEHyperParams
+    from tuner.hparams import EditHParams
 
-    return ROMEHyperParams(**{**HP, **changes})
+    return EditHParams(**{**HP, **changes})
 
 
 def _weights(model):
@@ -57,7 +57,7 @@ def test_every_mode_restores_the_weights_also_when_interrupted(editor, facts, me
 
 
 def test_batch_rome_is_the_rank_one_updates_applied_together(editor, facts):
-    from tuner.rome.evaluate import score_facts
+    from tuner.metrics.counterfact import score_facts
     from tuner.rome.rank_one import weight_update
 
     hp = _hp(editor)

@@ -6,15 +6,15 @@ import pytest
 import torch
 
 from tests.rome.reference_rome import reference_v_star
-from tuner.rome.hparams import ROMEHyperParams
+from tuner.hparams import EditHParams
 
-HP = ROMEHyperParams(layer=1, v_num_grad_steps=8, v_lr=0.5, v_weight_decay=0.01, kl_factor=0.0625,
+HP = EditHParams(layer=1, v_num_grad_steps=8, v_lr=0.5, v_weight_decay=0.01, kl_factor=0.0625,
                      mom2_adjustment=False, context_template_length_params=((3, 3),))
 
 
 def engine_and_reference(ed, fact, hp):
     from tuner.rome.compute_v import compute_v
-    from tuner.rome.tokens import target_token_ids
+    from tuner.plumbing.tokens import target_token_ids
 
     templates = ed.context_templates(hp)
     target = target_token_ids(ed.tok, fact.rewrite_prompt, fact.target_new)
@@ -50,7 +50,7 @@ def test_last_step_takes_no_optimiser_step(tiny_editor, facts):
     """N forward passes: the last recorded δ norm is the one v* uses (no step after it)."""
     ed = tiny_editor("llama")
     from tuner.rome.compute_v import compute_v
-    from tuner.rome.tokens import target_token_ids
+    from tuner.plumbing.tokens import target_token_ids
 
     hp = HP.replace(early_stop_loss=None, v_num_grad_steps=5, v_lr=0.05, clamp_norm_factor=100.0)  # no clamping
     target = target_token_ids(ed.tok, facts[0].rewrite_prompt, facts[0].target_new)
@@ -64,7 +64,7 @@ def test_v_select_best_returns_the_peak_iterate(default_model, facts):
     """On the rebound setting the last iterate falls back; ``best`` keeps the peak. The fact is
     the one of the first 12 that rebounds most (which one depends on the built model)."""
     ed = default_model.editor(progress=False)
-    hp = ROMEHyperParams(layer=0, v_lr=2.0, v_weight_decay=3.0, v_num_grad_steps=40, kl_factor=0.01,
+    hp = EditHParams(layer=0, v_lr=2.0, v_weight_decay=3.0, v_num_grad_steps=40, kl_factor=0.01,
                          clamp_norm_factor=12.0)
     fact = max(facts[:12], key=lambda f: ed.edit(f, hp).metrics["rebound"])
     last = ed.edit(fact, hp)
@@ -79,7 +79,7 @@ def test_v_select_best_returns_the_peak_iterate(default_model, facts):
 @pytest.mark.parametrize("model_type", ["llama", "gpt2"])
 def test_r_rome_maps_k_star_to_v_star(tiny_editor, facts, model_type):
     from tuner.rome.compute_k import compute_k
-    from tuner.rome.hooks import get_module
+    from tuner.plumbing.hooks import get_module
 
     ed = tiny_editor(model_type)
     hp = HP.replace(key_mode="r-rome", mom2_adjustment=True, mom2_n_tokens=600)
@@ -99,7 +99,7 @@ def test_r_rome_maps_k_star_to_v_star(tiny_editor, facts, model_type):
 
 def test_collapse_metrics_flag_a_destroyed_edit_not_a_good_one(default_model, facts):
     ed = default_model.editor(progress=False)
-    good = ROMEHyperParams(layer=1, v_num_grad_steps=60, v_lr=0.5, v_weight_decay=1e-3, kl_factor=0.01,
+    good = EditHParams(layer=1, v_num_grad_steps=60, v_lr=0.5, v_weight_decay=1e-3, kl_factor=0.01,
                            clamp_norm_factor=12.0)
     destroyed = good.replace(v_lr=5.0, clamp_norm_factor=1000.0, v_weight_decay=0.0, kl_factor=0.0)
     fact = next(f for f in facts[:8] if ed.edit(f, good).metrics["efficacy"] == 1.0)  # one the good setting edits

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from tuner.errors import StudyError
-from tuner.rome.hparams import ROMEHyperParams
+from tuner.hparams import EditHParams
 from tuner.study.config import StudyConfig
 from tuner.study.export import best_trial, export_best
 from tuner.study.objective import CONSTRAINTS
@@ -98,7 +98,7 @@ def _load_strict(path, kind=None):
     return kind(**data)
 
 
-def _study(trials: list[tuple[float, ROMEHyperParams, int]]) -> optuna.Study:
+def _study(trials: list[tuple[float, EditHParams, int]]) -> optuna.Study:
     study = optuna.create_study(direction="maximize", study_name="exp")
     for value, hp, n_disabling in trials:
         study.add_trial(optuna.trial.create_trial(
@@ -108,7 +108,7 @@ def _study(trials: list[tuple[float, ROMEHyperParams, int]]) -> optuna.Study:
 
 
 def test_infeasible_trial_is_never_best_or_exported(tmp_path):
-    base = ROMEHyperParams()
+    base = EditHParams()
     study = _study([(0.9, base.replace(v_lr=4.0), 2), (0.7, base.replace(v_lr=1.0), 0), (0.5, base, 0)])
     assert study.best_trial.number == 0  # Optuna alone would pick the disabled model
     assert best_trial(study).number == 1
@@ -120,7 +120,7 @@ def test_infeasible_trial_is_never_best_or_exported(tmp_path):
 
 
 def test_export_loads_as_easyedit_and_names_what_it_cannot_express(tmp_path):
-    base = ROMEHyperParams()
+    base = EditHParams()
     study = _study([(0.9, base.replace(v_select="best", v_lr=3.0), 0), (0.6, base.replace(v_lr=0.7), 0)])
     paths = export_best(study, StudyConfig(), out_dir=tmp_path)
     assert [p.name for p in paths] == ["study.yaml", "rome_hparams_rome_tuner_only.yaml", "rome_hparams.yaml"]
@@ -136,7 +136,7 @@ def test_export_loads_as_easyedit_and_names_what_it_cannot_express(tmp_path):
 def test_memit_and_hybrid_export_as_easyedit_memit(tmp_path):
     """A MEMIT best setting is exported as EasyEdit MEMIT hparams (the window as `layers`, λ as
     mom2_update_weight); a hybrid one as both files, each saying EasyEdit cannot run the hybrid."""
-    base = ROMEHyperParams()
+    base = EditHParams()
     memit = base.replace(method="memit", layer=1, window_size=3, mom2_update_weight=250.0)
     paths = export_best(_study([(0.9, memit, 0), (0.5, base, 0)]), StudyConfig(), out_dir=tmp_path / "m")
     assert [p.name for p in paths] == ["study.yaml", "memit_hparams.yaml"]

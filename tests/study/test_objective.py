@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import ROOT, run_cli
 from tuner.study.config import ObjectiveSpec, StudyConfig
-from tuner.study.scoring import CONSTRAINT_NAMES, Thresholds, score_metrics
+from tuner.metrics.scoring import CONSTRAINT_NAMES, Thresholds, score_metrics
 
 OLD_RULES = ObjectiveSpec(kind="stability", specificity_margin=None, max_specificity_drop=0.05)
 """The objective and guard the project shipped before: what let a non-edit win."""

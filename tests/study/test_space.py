@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tuner.errors import ConfigError
-from tuner.rome.hparams import ROMEHyperParams
+from tuner.hparams import EditHParams
 from tuner.study.space import SearchSpace
 
 
@@ -44,7 +44,7 @@ def test_space_suggests_within_bounds():
     assert fixed == {"kl_factor": 0.5} and space.names == ["layer", "v_lr", "lr_schedule"]
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     for _ in range(20):
-        hp = space.suggest(study.ask(), ROMEHyperParams(**fixed))
+        hp = space.suggest(study.ask(), EditHParams(**fixed))
         assert 0 <= hp.layer <= 3 and 0.01 <= hp.v_lr <= 1 and hp.kl_factor == 0.5
         assert hp.lr_schedule in ("constant", "cosine")
 
@@ -92,7 +92,7 @@ def test_specificity_guards_relative_and_absolute():
     the references themselves are feasible; the absolute guard (vs the unedited model) applies
     only when set; a setting that edits no more facts than the unedited model is infeasible."""
     from tuner.study.config import ObjectiveSpec
-    from tuner.study.scoring import CONSTRAINT_NAMES, Thresholds, constraints
+    from tuner.metrics.scoring import CONSTRAINT_NAMES, Thresholds, constraints
 
     def fact(spec: float, eff: float = 1.0) -> dict:
         return {"specificity_pre": 1.0, "specificity": spec, "efficacy": eff, "efficacy_pre": 0.0,

@@ -4,7 +4,7 @@ metrics — the tool for debugging one case.
     tuner edit --fact 3 --layer 0 --steps 12 --json
     tuner edit --fact 3 --method memit --layer 0 --window-size 2
 
-Its hyperparameter flags are generated from the knob declarations (``tuner.rome.hparams.KNOBS``)."""
+Its hyperparameter flags are generated from the knob declarations (``tuner.hparams.KNOBS``)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from tuner.errors import ConfigError
 
 
 def _knob_flags(p: argparse.ArgumentParser) -> None:
-    from tuner.rome.hparams import KNOBS
+    from tuner.hparams import KNOBS
 
     g = p.add_argument_group("hyperparameters (default: the study's hparams)")
     for name, k in KNOBS.items():
@@ -79,10 +79,10 @@ def trajectory_table(traj: dict[str, list[float]], rows: int = 20) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from tuner.facts.schema import load_facts
-    from tuner.rome.hparams import KNOBS
+    from tuner.hparams import KNOBS
     from tuner.study.config import StudyConfig
     from tuner.study.references import edit_metrics
-    from tuner.study.scoring import score_metrics
+    from tuner.metrics.scoring import score_metrics
 
     cfg = StudyConfig.load(args.config)
     facts = load_facts(cfg.resolve(cfg.facts.path))

@@ -54,14 +54,14 @@ def _signals_raise() -> None:
     systemd and a launcher stopping its workers."""
     import signal
 
-    from tuner.errors import on_signal
+    from tuner.signals import on_signal
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from tuner.errors import Interrupted
+    from tuner.signals import Interrupted
     from tuner.study.storage import ENV, RedactingFilter, redact, remember_secrets
 
     # every storage URL on the command line or in the environment: its password-like parts are

@@ -25,7 +25,7 @@ class FactSpec:
     textbook setting and EasyEdit's defaults are compared on them (``tuner validate``)."""
 
     mode: Literal["independent", "batch", "sequential"] = "independent"
-    """How a trial's facts are written (``tuner.rome.modes``): each alone on the original model,
+    """How a trial's facts are written (``tuner.edit.modes``): each alone on the original model,
     all at once, or one after another with every fact scored again at the end."""
 
     def __post_init__(self) -> None:

@@ -123,7 +123,7 @@ def make_config(spec: BuildSpec, vocab_size: int, tok: Any) -> Any:
 
 @torch.no_grad()
 def accuracy(model: Any, tok: Any, pairs: list[tuple[str, str]], batch_size: int = 256) -> float:
-    from tuner.rome.tokens import encode, make_batch, pad_id_of
+    from tuner.plumbing.tokens import encode, make_batch, pad_id_of
 
     hits = 0
     for i in range(0, len(pairs), batch_size):
@@ -141,7 +141,7 @@ def train(spec: BuildSpec, kb: dict[str, Any], *, progress: bool = True, model: 
           tok: Any = None) -> tuple[Any, Any, list[str], dict[str, Any]]:
     """Train ``model`` (default: a fresh ``spec.arch`` model) on the knowledge base's corpus."""
     import transformers as tf
-    from tuner.rome.tokens import encode, make_batch
+    from tuner.plumbing.tokens import encode, make_batch
 
     torch.manual_seed(spec.seed)
     rng = random.Random(spec.seed)
@@ -200,9 +200,9 @@ def verify_editability(model: Any, tok: Any, corpus: list[str], fingerprint: str
     from tqdm.auto import tqdm
 
     from tuner.facts.schema import load_facts
-    from tuner.rome.adapters import detect_adapter
-    from tuner.rome.editor import Editor
-    from tuner.rome.hparams import ROMEHyperParams, preset
+    from tuner.plumbing.adapters import detect_adapter
+    from tuner.edit.editor import Editor
+    from tuner.hparams import EditHParams, preset
 
     facts = load_facts(spec.edits)[: spec.verify_edits]
     adapter = detect_adapter(model.config)
@@ -212,7 +212,7 @@ def verify_editability(model: Any, tok: Any, corpus: list[str], fingerprint: str
     per_layer = {}
     for layer in tqdm(range(n_layers), desc=f"editability check ({len(facts)} edits per layer)", unit="layer",
                       disable=not progress, leave=False):
-        hp = preset("verify", ROMEHyperParams(layer=layer))
+        hp = preset("verify", EditHParams(layer=layer))
         results = editor.edit_many(facts, hp)
         per_layer[layer] = {
             "efficacy": sum(r.metrics["efficacy"] for r in results) / len(results),

@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from tuner.rome.hooks import get_module
-from tuner.rome.tokens import encode, make_batch, pad_id_of, padding_side
+from tuner.plumbing.hooks import get_module
+from tuner.plumbing.tokens import encode, make_batch, pad_id_of, padding_side
 
 TEMPLATES = ("layer", "mlp", "rewrite", "attn", "embed", "final_norm", "lm_head")
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 
 from tuner.errors import ConfigError, TunerError
 from tuner.models.spec import ModelSpec
-from tuner.rome.adapters import Adapter, detect_adapter
+from tuner.plumbing.adapters import Adapter, detect_adapter
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ class LoadedModel:
     def editor(self, *, progress: bool = True, stats_layers: Sequence[int] = ()) -> Any:
         """An ``Editor`` on this model; ``stats_layers``: every layer the caller may edit (their
         statistics are computed together, in one pass, when the first is needed)."""
-        from tuner.rome.editor import Editor
+        from tuner.edit.editor import Editor
 
         return Editor(self.model, self.tok, self.adapter, fingerprint=self.fingerprint,
                       stats_texts=self.stats_texts, progress=progress, stats_layers=stats_layers)

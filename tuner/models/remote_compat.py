@@ -119,8 +119,8 @@ def probe_seq_first(model: Any, tok: Any, module_name: str) -> bool:
     """Whether ``module_name`` emits [T, B, d] (sequence-first), from a probe forward pass."""
     import torch
 
-    from tuner.rome.hooks import Trace
-    from tuner.rome.tokens import encode, make_batch, pad_id_of
+    from tuner.plumbing.hooks import Trace
+    from tuner.plumbing.tokens import encode, make_batch, pad_id_of
 
     rows = [encode(tok, "a b c d e f g"), encode(tok, "a b c d e f g")]
     T = len(rows[0])

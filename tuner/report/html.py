@@ -69,7 +69,7 @@ def summary(study: Any, rs: list) -> str:
     methods = sorted({r.hparams.get("method", "rome") for r in rs if r.hparams})
     mode = rs[0].mode if rs else "independent"
     parts.append(f"<p>Edit method{'s' if len(methods) > 1 else ''}: {html.escape(', '.join(methods) or 'rome')}; "
-                 f"edit mode: {html.escape(mode)} (tuner.rome.modes).</p>")
+                 f"edit mode: {html.escape(mode)} (tuner.edit.modes).</p>")
     done = complete(rs)
     if len(done) == 0:
         failed = counts.get("FAIL", 0)
@@ -196,7 +196,7 @@ def write_report(study: Any, cfg: Any, out_dir: Path, *, x: str | None = None, y
     """Build the figures, write the page, and store the figures in the study for the dashboard."""
     from tuner.errors import ConfigError
     from tuner.report.dashboard import publish
-    from tuner.rome.hparams import KNOBS
+    from tuner.hparams import KNOBS
     from tuner.study.setup import metric_names
 
     for axis in (x, y):

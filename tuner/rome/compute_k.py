@@ -8,9 +8,9 @@ from typing import Any
 
 import torch
 
-from tuner.rome.adapters import Adapter
+from tuner.plumbing.adapters import Adapter
 from tuner.rome.context import fill_template
-from tuner.rome.module_io import module_io_at
+from tuner.plumbing.module_io import module_io_at
 
 
 def compute_k(

@@ -11,12 +11,22 @@ from typing import Any
 
 import torch
 
-from tuner.rome.tokens import encode, make_batch, pad_id_of
+from tuner.plumbing.tokens import encode, make_batch, pad_id_of, subject_token_index
 
 
 def fill_template(template: str, prompt: str, subject: str) -> str:
     """``template`` is a context template ("... . {}"); ``prompt`` holds "{}" for the subject."""
     return template.replace("{}", prompt).replace("{}", subject)
+
+
+def fact_rows(tok: Any, requests: Sequence[Any], templates: Sequence[str],
+              fact_token: str) -> list[list[tuple[list[int], int]]]:
+    """Per request (``prompt``, ``subject``), per template: (token ids, fact-token index) — the
+    rows every v* batch and MEMIT's keys are read from; template 0 must be the bare prompt."""
+    if templates[0] != "{}":
+        raise ValueError("context_templates[0] must be the bare prompt '{}' (tuner.rome.context)")
+    return [[subject_token_index(tok, fill_template(t, r.prompt, r.subject), r.subject, fact_token)
+             for t in templates] for r in requests]
 
 
 EASYEDIT_START_WORDS = ("The", "Therefore", "Because", "I", "You")

@@ -25,9 +25,9 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from tuner.paths import atomic_write
-from tuner.rome.adapters import Adapter
-from tuner.rome.hooks import get_module
-from tuner.rome.tokens import encode, make_batch, pad_id_of, padding_side
+from tuner.plumbing.adapters import Adapter
+from tuner.plumbing.hooks import forward_until, get_module
+from tuner.plumbing.tokens import encode, make_batch, pad_id_of, padding_side
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +42,6 @@ def corpus_id(texts: Sequence[str]) -> str:
 
 def stats_path(root: Path, fingerprint: str, module: str, corpus: str, n_samples: int) -> Path:
     return root / "stats" / fingerprint / f"{module}.{corpus}.{n_samples}.safetensors"
-
-
-class _StopForward(Exception):
-    """Raised after the highest requested layer: nothing above it is needed."""
 
 
 @torch.no_grad()
@@ -81,8 +77,6 @@ def compute_second_moments(
                 keys = keys.transpose(0, 1)  # (T, B, d) -> (B, T, d)
             k = keys[state["mask"]].to(torch.float64)[: state["take"]]  # (N, d_ff)
             totals[layer] = k.T @ k if layer not in totals else totals[layer] + k.T @ k
-            if layer == top:
-                raise _StopForward
 
         return hook
 
@@ -97,10 +91,7 @@ def compute_second_moments(
             batch = make_batch(group, pad_id=pad, side=side, device=device)
             state["mask"] = batch.attention_mask.bool()
             state["take"] = n_samples - count
-            try:
-                model(**batch.model_kwargs(model))
-            except _StopForward:
-                pass
+            forward_until(model, adapter.rewrite.format(top), **batch.model_kwargs(model))
             got = min(int(state["mask"].sum()), n_samples - count)
             count += got
             bar.update(got)

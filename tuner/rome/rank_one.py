@@ -8,9 +8,8 @@ C is factorised once per (layer, sample count, ridge) (``SecondMomentSolver``) a
 every edit. ``uᵀk`` is the *division factor*: when it is tiny, ‖Λ‖ explodes ("disabling edits").
 
 For any key k' with k'ᵀ C⁻¹ k* = 0 the output is unchanged. ``weight_update`` restores the original
-weight bit-exactly on exit, even if the block raises. ``row_updates`` applies a different
-rank-one update to each row of a batch without touching the weight: Ŵk = Wk + Λ(uᵀk), so a
-row of fact f gets Λ_f(u_fᵀk) added to the module's output — K edits scored in one batch."""
+weight bit-exactly on exit, even if the block raises. ``RowUpdates`` (``tuner.metrics.row_updates``)
+scores many such updates in one batch without writing them."""
 
 from __future__ import annotations
 
@@ -21,8 +20,8 @@ from typing import Any
 import torch
 
 from tuner.errors import EditError
-from tuner.rome.adapters import Adapter
-from tuner.rome.hooks import Trace, get_module
+from tuner.plumbing.adapters import Adapter
+from tuner.plumbing.module_io import rewrite_weight
 
 
 class SecondMomentSolver:
@@ -59,10 +58,6 @@ def rank_one_delta(
     return torch.outer(lam, u.double())
 
 
-def rewrite_weight(model: Any, adapter: Adapter, layer: int) -> torch.nn.Parameter:
-    return get_module(model, adapter.rewrite.format(layer)).weight
-
-
 def oriented(adapter: Adapter, delta_w: torch.Tensor) -> torch.Tensor:
     """ΔW (d_model × d_ff) in the layout of the rewrite weight (GPT-2's Conv1D stores d_ff × d_model)."""
     return delta_w if adapter.weight_layout == "out_in" else delta_w.T
@@ -88,38 +83,3 @@ def weight_update(model: Any, adapter: Adapter, layer: int, delta_w: torch.Tenso
 def lambda_of(delta_w: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """Λ (d_model,) from ΔW = Λ uᵀ and the unit vector u."""
     return delta_w @ u.double() / torch.dot(u.double(), u.double())
-
-
-class RowUpdates:
-    """Rank-one updates applied per batch row through a hook on the rewrite module.
-
-        edits = RowUpdates(model, adapter, layer, lams, us)    # (F, d_model), (F, d_ff)
-        with edits.rows(row_fact):                             # (B,) fact index of each row
-            model(**batch)
-
-    Row b's output becomes W k + Λ_f (u_fᵀ k) with f = row_fact[b]: what the model with
-    W + Λ_f u_fᵀ computes for that row."""
-
-    def __init__(self, model: Any, adapter: Adapter, layer: int, lams: torch.Tensor, us: torch.Tensor) -> None:
-        self.model, self.adapter, self.module = model, adapter, adapter.rewrite.format(layer)
-        weight = rewrite_weight(model, adapter, layer)
-        self.lams = lams.to(device=weight.device, dtype=torch.float32)
-        self.us = us.to(device=weight.device, dtype=torch.float32)
-
-    @contextmanager
-    def rows(self, row_fact: torch.Tensor) -> Iterator[None]:
-        index = row_fact.to(self.lams.device)
-        tr: Trace
-
-        def edit(out: torch.Tensor, _module: Any) -> torch.Tensor:
-            x = tr.input  # the module's input k, set by the same hook before this runs
-            if self.adapter.seq_first:
-                x, view = x.transpose(0, 1), out.transpose(0, 1)  # (B, T, d)
-            else:
-                view = out
-            coeff = torch.einsum("btd,bd->bt", x.float(), self.us[index])  # (B, T): u_fᵀ k
-            view += (coeff[..., None] * self.lams[index][:, None, :]).to(out.dtype)
-            return out
-
-        with Trace(self.model, self.module, retain_input=True, edit_output=edit) as tr:
-            yield

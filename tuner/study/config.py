@@ -1,7 +1,7 @@
 """The study definition: one YAML file (``studies/*.yaml``), parsed once into typed objects.
 
     cfg = StudyConfig.load("studies/default.yaml")
-    cfg.hparams          # ROMEHyperParams: the fixed knobs (search's fixed values merged in)
+    cfg.hparams          # EditHParams: the fixed knobs (search's fixed values merged in)
     cfg.search           # SearchSpace: the searched knobs
     cfg.model, cfg.facts, cfg.objective
 
@@ -22,7 +22,7 @@ from tuner.errors import ConfigError
 from tuner.facts.selection import FactSpec
 from tuner.models.spec import ModelSpec
 from tuner.paths import resolve_path
-from tuner.rome.hparams import ROMEHyperParams
+from tuner.hparams import EditHParams
 from tuner.strict import from_mapping, read_yaml
 from tuner.study.space import SearchSpace
 
@@ -31,7 +31,7 @@ __all__ = ["FactSpec", "ModelSpec", "ObjectiveSpec", "StudyConfig"]
 
 @dataclass(frozen=True)
 class ObjectiveSpec:
-    """How a trial is scored and judged (``tuner.study.scoring`` has the formulas)."""
+    """How a trial is scored and judged (``tuner.metrics.scoring`` has the formulas)."""
 
     kind: Literal["edit", "stability"] = "edit"
     """``edit``: CounterFact's harmonic mean of the efficacy (with the stability term), paraphrase
@@ -47,7 +47,7 @@ class ObjectiveSpec:
     """Two objectives (efficacy − λ·rebound, specificity), both maximised: a Pareto front."""
     max_update_norm: float = 25.0
     """An edit with ‖ΔW‖/‖W‖ above this is disabling; a trial with more disabling edits than the
-    references made is infeasible (``tuner.rome.fluency``: measured thresholds, and how to set it
+    references made is infeasible (``tuner.metrics.fluency``: measured thresholds, and how to set it
     for a large model)."""
     max_entropy_drop: float = 0.5
     """An edit whose generation entropy falls by more than this share is disabling."""
@@ -75,7 +75,7 @@ class StudyConfig:
     seed: int = 0
     model: ModelSpec = field(default_factory=ModelSpec)
     facts: FactSpec = field(default_factory=FactSpec)
-    hparams: ROMEHyperParams = field(default_factory=ROMEHyperParams)
+    hparams: EditHParams = field(default_factory=EditHParams)
     search: SearchSpace = field(default_factory=SearchSpace)
     objective: ObjectiveSpec = field(default_factory=ObjectiveSpec)
     sampler: Literal["tpe", "gp", "random"] = "gp"
@@ -110,7 +110,7 @@ class StudyConfig:
         hparams = data.pop("hparams", None) or {}
         if not isinstance(hparams, dict):
             raise ConfigError(f"hparams: expected a mapping, got {hparams!r}")
-        hp = ROMEHyperParams.from_dict(hparams).replace(**fixed)  # `search: {x: value}` fixes x
+        hp = EditHParams.from_dict(hparams).replace(**fixed)  # `search: {x: value}` fixes x
         cfg = from_mapping(cls, data)
         if cfg.easyedit_only:
             hp, search = easyedit_only(hp, search)
@@ -175,9 +175,9 @@ class StudyConfig:
                           progress=progress)
 
 
-def easyedit_only(hp: ROMEHyperParams, search: SearchSpace) -> tuple[ROMEHyperParams, SearchSpace]:
+def easyedit_only(hp: EditHParams, search: SearchSpace) -> tuple[EditHParams, SearchSpace]:
     """``hp`` and ``search`` restricted to settings EasyEdit reproduces (``easyedit_only: true``)."""
-    from tuner.rome.hparams import ANY, KNOBS
+    from tuner.hparams import ANY, KNOBS
 
     pinned = {k.name: k.easyedit_behaviour for k in KNOBS.values()
               if k.easyedit is None and k.easyedit_behaviour is not ANY}

@@ -14,8 +14,8 @@ import yaml
 
 from tuner.errors import StudyError
 from tuner.paths import atomic_write_text, storage_root
-from tuner.rome.adapters import Adapter
-from tuner.rome.hparams import ANY, KNOBS, ROMEHyperParams
+from tuner.plumbing.adapters import Adapter
+from tuner.hparams import ANY, KNOBS, EditHParams
 from tuner.study.config import StudyConfig
 from tuner.study.space import SearchSpace
 
@@ -42,7 +42,7 @@ def best_trial(study: Any, *, where: Any = None) -> Any:
     return done[0]
 
 
-def easyedit_hparams(cfg: StudyConfig, hp: ROMEHyperParams, adapter: Adapter, n_layers: int) -> dict[str, Any]:
+def easyedit_hparams(cfg: StudyConfig, hp: EditHParams, adapter: Adapter, n_layers: int) -> dict[str, Any]:
     """EasyEdit's ROME hparams: the knobs it has (by their EasyEdit names), then the model's."""
     values = hp.to_dict()
     knobs = {k.easyedit: values[name] for name, k in KNOBS.items() if k.easyedit}
@@ -75,10 +75,10 @@ MEMIT_ONLY = ("method", "window_size", "mom2_update_weight")
 """Knobs the MEMIT file expresses itself (``layers`` is the window, λ has EasyEdit MEMIT's key)."""
 
 
-def easyedit_memit_hparams(cfg: StudyConfig, hp: ROMEHyperParams, adapter: Adapter, n_layers: int) -> dict[str, Any]:
+def easyedit_memit_hparams(cfg: StudyConfig, hp: EditHParams, adapter: Adapter, n_layers: int) -> dict[str, Any]:
     """EasyEdit's MEMIT hparams: the v* knobs as for ROME, the window as ``layers``, λ; a hybrid's
     MEMIT pass with its own clamp (``hybrid_clamp_norm_factor``)."""
-    from tuner.rome.memit import window
+    from tuner.memit.window import window
 
     hp = hp.memit_pass()
     d = easyedit_hparams(cfg, hp, adapter, n_layers)
@@ -87,7 +87,7 @@ def easyedit_memit_hparams(cfg: StudyConfig, hp: ROMEHyperParams, adapter: Adapt
             "mom2_update_weight": hp.mom2_update_weight}
 
 
-def not_expressible(hp: ROMEHyperParams) -> dict[str, Any]:
+def not_expressible(hp: EditHParams) -> dict[str, Any]:
     """The knobs EasyEdit has no key for, with this setting's values."""
     return {name: getattr(hp, name) for name, k in KNOBS.items() if k.easyedit is None}
 
@@ -97,7 +97,7 @@ class Choice:
     """A setting chosen for export: a trial or a reference, and how it was chosen."""
 
     label: str
-    hp: ROMEHyperParams
+    hp: EditHParams
     what: str
     trial: int | None = None
 
@@ -149,21 +149,21 @@ def choices(study: Any) -> tuple[Choice, Choice | None]:
 
         def pick(label: str, how: str) -> Choice:
             row = rows[label]
-            return Choice(label, ROMEHyperParams.from_dict(row["hparams"]), f"{how}: {_figures(row, n)}", row["trial"])
+            return Choice(label, EditHParams.from_dict(row["hparams"]), f"{how}: {_figures(row, n)}", row["trial"])
 
         main = pick(record["winner"], f"the best of the top {record['top']} trials and the references on the "
                                       "held-out facts")
         twin = record.get("easyedit_winner")
         return main, (pick(twin, "the best setting EasyEdit reproduces on the held-out facts") if twin else None)
     trial = best_trial(study)
-    main = Choice(f"trial #{trial.number}", ROMEHyperParams.from_dict(trial.user_attrs["hparams"]),
+    main = Choice(f"trial #{trial.number}", EditHParams.from_dict(trial.user_attrs["hparams"]),
                   f"the best trial on the tuning facts (value {trial.values[0]:.4f})", trial.number)
     try:
-        t = best_trial(study, where=lambda t: ROMEHyperParams.from_dict(t.user_attrs["hparams"])
+        t = best_trial(study, where=lambda t: EditHParams.from_dict(t.user_attrs["hparams"])
                        .reproducible_in_easyedit())
     except StudyError:
         return main, None
-    return main, Choice(f"trial #{t.number}", ROMEHyperParams.from_dict(t.user_attrs["hparams"]),
+    return main, Choice(f"trial #{t.number}", EditHParams.from_dict(t.user_attrs["hparams"]),
                         f"the best trial EasyEdit reproduces on the tuning facts (value {t.values[0]:.4f})", t.number)
 
 

@@ -22,8 +22,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from tuner.errors import (ConfigError, Degraded, Interrupted, StudyDeleted, StudyError, checkpoint,
-                          deferred_signals)
+from tuner.errors import ConfigError, Degraded, StudyDeleted, StudyError
+from tuner.signals import Interrupted, checkpoint, deferred_signals
 from tuner.study.config import StudyConfig
 from tuner.study.storage import ENV, make_storage, redact, resolve_url
 

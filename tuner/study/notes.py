@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tuner.rome.hparams import KNOBS, ROMEHyperParams
+from tuner.hparams import KNOBS, EditHParams
 
 FACT_COLUMNS = ("case_id", "final_prob", "peak_prob", "rebound", "efficacy", "paraphrase", "specificity",
                 "n_steps", "early_stopped", "update_norm", "division_factor", "gen_entropy_drop", "disabling_edit",
@@ -15,7 +15,7 @@ def _cell(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def trial_note(per_fact: list[dict[str, Any]], hp: ROMEHyperParams) -> str:
+def trial_note(per_fact: list[dict[str, Any]], hp: EditHParams) -> str:
     """Per-fact metrics and every hyperparameter (one row per knob of ``KNOBS``)."""
     cols = [c for c in FACT_COLUMNS if any(c in m for m in per_fact)]
     n_disabling = sum(bool(m.get("disabling_edit")) for m in per_fact)
@@ -27,7 +27,7 @@ def trial_note(per_fact: list[dict[str, Any]], hp: ROMEHyperParams) -> str:
     return "\n".join(lines)
 
 
-def save_trial_note(trial: Any, per_fact: list[dict[str, Any]], hp: ROMEHyperParams) -> None:
+def save_trial_note(trial: Any, per_fact: list[dict[str, Any]], hp: EditHParams) -> None:
     from optuna_dashboard import save_note
 
     save_note(trial, trial_note(per_fact, hp))

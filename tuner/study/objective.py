@@ -1,11 +1,11 @@
 """One trial: edit the study's K facts with the suggested hyperparameters and score them
-(``tuner.study.scoring``: by default CounterFact's harmonic mean of efficacy — with the
+(``tuner.metrics.scoring``: by default CounterFact's harmonic mean of efficacy — with the
 stability term final_prob − λ·rebound — paraphrase and neighbourhood terms; constraints
 against the model's own references). The K facts' v* are optimised together in one batch
 (``Editor.plan_many``); every ``PRUNE_EVERY`` steps their mean P(new) is reported, so the
 pruner can stop a hopeless trial before it pays for the rest of the optimisation. Each edit is
 then scored alone (``Editor.evaluate_many``) — or, with ``facts.mode`` batch or sequential,
-every fact on the final model (``tuner.rome.modes``).
+every fact on the final model (``tuner.edit.modes``).
 Everything needed to reproduce the trial lands in its user attributes."""
 
 from __future__ import annotations
@@ -17,10 +17,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from tuner.errors import EditError, checkpoint
+from tuner.errors import EditError
+from tuner.signals import checkpoint
 from tuner.facts.schema import Fact
 from tuner.study.config import StudyConfig
-from tuner.study.scoring import Thresholds
+from tuner.metrics.scoring import Thresholds
 from tuner.study.space import SearchSpace
 
 STORED_METRICS = ("final_prob", "pre_prob", "true_prob", "efficacy", "paraphrase", "paraphrase_prob", "specificity",
@@ -36,7 +37,7 @@ MEAN_METRICS = ("final_prob", "rebound", "peak_prob", "efficacy", "specificity",
 
 
 def feasible(trial: Any) -> bool:
-    """Every constraint ≤ 0 (``tuner.study.scoring``: disabling edits, specificity against the
+    """Every constraint ≤ 0 (``tuner.metrics.scoring``: disabling edits, specificity against the
     references, the absolute guard when set, a non-edit)."""
     return all(c <= 0 for c in trial.user_attrs.get(CONSTRAINTS, [0]))
 
@@ -127,12 +128,12 @@ class Objective:
                             on_step=lambda step, probs: self._on_step(trial, step, probs, hp.v_num_grad_steps))
 
     def batch(self, trials: list[Any], hps: list[Any]) -> list[Callable[[], list[Any]]]:
-        """Several started trials run as one batch (``tuner.rome.modes.run_trials``: one v*
+        """Several started trials run as one batch (``tuner.edit.modes.run_trials``: one v*
         optimisation and one scoring pass for all trials sharing a layer; a trial MEMIT, the
         hybrid or a non-independent mode needs runs alone). Returns, per trial, what ``finish``
         computes: its results, or raises its ``optuna.TrialPruned``. A signal aborts the whole
         batch (``Interrupted``); any other error too, and the caller runs the trials alone."""
-        from tuner.rome.modes import batch_key
+        from tuner.edit.modes import batch_key
 
         outcome: dict[int, Any] = {}
         groups: dict[Any, list[int]] = {}
@@ -159,7 +160,7 @@ class Objective:
         each trial's results, or its ``optuna.TrialPruned`` (its facts left the batch then)."""
         import optuna
 
-        from tuner.rome.modes import run_trials
+        from tuner.edit.modes import run_trials
         from tuner.study.references import judge_disabling
 
         K = len(self.facts)
@@ -197,7 +198,7 @@ class Objective:
         import optuna
 
         from tuner.study.notes import save_trial_note
-        from tuner.study.scoring import CONSTRAINT_NAMES, score_metrics
+        from tuner.metrics.scoring import CONSTRAINT_NAMES, score_metrics
 
         obj = self.cfg.objective
         per_fact, trajectories, score = [], [], None
@@ -254,7 +255,7 @@ class Objective:
         if score is None:  # no fact was edited (an empty fact list is refused at launch)
             raise EditError("no fact was edited")
         if obj.multi_objective:
-            from tuner.study.scoring import RESOLUTION, stability_value
+            from tuner.metrics.scoring import RESOLUTION, stability_value
 
             stability = sum(stability_value(m, obj) for m in per_fact) / len(per_fact)
             return (round(stability, RESOLUTION),

@@ -3,7 +3,7 @@ setting, the model family's EasyEdit defaults, and the unedited model.
 
 Their scores on the tuning facts are measured once per study (by the first worker to start; the
 edits are deterministic, so any worker measures the same) and stored in the study (user attribute
-``references``); the relative guards (``tuner.study.scoring.Thresholds``) come from them. The
+``references``); the relative guards (``tuner.metrics.scoring.Thresholds``) come from them. The
 held-out validation measures them again on its own facts."""
 
 from __future__ import annotations
@@ -11,24 +11,24 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from tuner.rome.hparams import ROMEHyperParams, easyedit_preset_name, preset
-from tuner.study.scoring import Thresholds, score_metrics, score_unedited
+from tuner.hparams import EditHParams, easyedit_preset_name, preset
+from tuner.metrics.scoring import Thresholds, score_metrics, score_unedited
 
 REFERENCES = "references"
 """The study user attribute with the references' scores on the tuning facts."""
 UNEDITED = "unedited"
 
 
-def reference_settings(base: ROMEHyperParams, family: str, n_layers: int) -> list[tuple[str, ROMEHyperParams]]:
+def reference_settings(base: EditHParams, family: str, n_layers: int) -> list[tuple[str, EditHParams]]:
     """(label, hyperparameters) of ROME's textbook setting and the family's EasyEdit defaults."""
     name = easyedit_preset_name(family)
     return [("textbook", preset("textbook", base, n_layers=n_layers)), (name, preset(name, base, n_layers=n_layers))]
 
 
-def edit_metrics(editor: Any, cfg: Any, facts: Sequence[Any], hp: ROMEHyperParams, **kwargs: Any) -> list[dict]:
+def edit_metrics(editor: Any, cfg: Any, facts: Sequence[Any], hp: EditHParams, **kwargs: Any) -> list[dict]:
     """Every fact edited with ``hp`` in the study's mode; ``disabling_edit`` judged with the
     study's own thresholds (the one place it is set)."""
-    from tuner.rome.modes import run_edits
+    from tuner.edit.modes import run_edits
 
     results = run_edits(editor, facts, hp, cfg.facts.mode, **kwargs)
     judge_disabling(cfg, results)
@@ -37,7 +37,7 @@ def edit_metrics(editor: Any, cfg: Any, facts: Sequence[Any], hp: ROMEHyperParam
 
 def judge_disabling(cfg: Any, results: Sequence[Any]) -> None:
     """``disabling_edit`` with the study's thresholds (every scoring path goes through here)."""
-    from tuner.rome.fluency import is_disabling
+    from tuner.metrics.fluency import is_disabling
 
     for r in results:
         r.metrics["disabling_edit"] = is_disabling(r.metrics, max_update_norm=cfg.objective.max_update_norm,

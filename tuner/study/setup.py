@@ -178,7 +178,7 @@ def startup_params(cfg: StudyConfig, space: SearchSpace, budget: int,
     import optuna
 
     from tuner.models.load import model_adapter
-    from tuner.rome.hparams import easyedit_preset_name, preset
+    from tuner.hparams import easyedit_preset_name, preset
 
     out = []
     if space.dimensions:  # warm start: the settings users start from come first, so the sampler learns from them

@@ -6,12 +6,12 @@
       lr_schedule: [constant, cosine]     # categorical
       kl_factor: 0.0625                   # fixed (same as setting it under hparams)
 
-Names must be ROME knobs (``tuner.rome.hparams.KNOBS``); whether a range is int or float comes
+Names must be ROME knobs (``tuner.hparams.KNOBS``); whether a range is int or float comes
 from the knob's type, bounds are checked by the knob's own check, with one line naming the key.
 Fixed values are merged into the study's hyperparameters; ``SearchSpace`` keeps the ranges.
 
     space = SearchSpace.parse(search).bind(n_layers)
-    hp = space.suggest(trial, base_hparams)        # Optuna's suggest_* → ROMEHyperParams
+    hp = space.suggest(trial, base_hparams)        # Optuna's suggest_* → EditHParams
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from tuner.errors import ConfigError
-from tuner.rome.hparams import KNOBS, ROMEHyperParams
-from tuner.rome.memit import fit_window
+from tuner.hparams import KNOBS, EditHParams
+from tuner.memit.window import fit_window
 
 ALL_LAYERS = "all"
 
@@ -82,14 +82,14 @@ class SearchSpace:
                 if not spec:
                     raise ConfigError(f"{key}: empty list of choices")
                 for choice in spec:  # each choice must be a valid value of the knob
-                    ROMEHyperParams.from_dict({name: choice}, where=where)
+                    EditHParams.from_dict({name: choice}, where=where)
                 dims.append(Dimension(name, "categorical", choices=tuple(spec)))
             elif name == "layer" and spec == ALL_LAYERS:
                 dims.append(Dimension(name, "int", low=0, high=None))
             elif isinstance(spec, dict):
                 dims.append(_range(k, spec, key, where))
             else:
-                ROMEHyperParams.from_dict({name: spec}, where=where)
+                EditHParams.from_dict({name: spec}, where=where)
                 fixed[name] = spec
         return cls(tuple(dims)), fixed
 
@@ -109,7 +109,7 @@ class SearchSpace:
             dims.append(d)
         return SearchSpace(tuple(dims), n_layers)
 
-    def suggest(self, trial: Any, base: ROMEHyperParams) -> ROMEHyperParams:
+    def suggest(self, trial: Any, base: EditHParams) -> EditHParams:
         """Optuna's values for this trial. A conditional knob (``Knob.when``) is asked for only
         while its condition holds (MEMIT's window only for memit/hybrid), so the sampler sees a
         conditional space; a window that would run past the last layer is moved down to end there."""
@@ -122,7 +122,7 @@ class SearchSpace:
             hp = hp.replace(layer=fit_window(hp.layer, hp.window_size, self.n_layers))
         return hp
 
-    def clip(self, values: ROMEHyperParams | dict[str, Any]) -> dict[str, Any]:
+    def clip(self, values: EditHParams | dict[str, Any]) -> dict[str, Any]:
         """The values of the searched knobs (from hyperparameters or another trial's params),
         each moved into its dimension: a range's nearest bound; a categorical value that is not
         a choice, or a knob the values lack, is left to the sampler."""
@@ -146,7 +146,7 @@ class SearchSpace:
         """Dimensions with their conditions' knobs first (``Knob.when``)."""
         return sorted(self.dimensions, key=lambda d: KNOBS[d.name].when is not None)
 
-    def layers(self, base: ROMEHyperParams) -> list[int]:
+    def layers(self, base: EditHParams) -> list[int]:
         """Every layer a trial can edit (after ``bind``): what the statistics are computed for,
         MEMIT's windows included when ``method`` is or may be memit/hybrid."""
         dims = {d.name: d for d in self.dimensions}

@@ -1,5 +1,5 @@
 """Causal tracing of a study's facts (``tuner trace``, ``tuner launch --seed-from-trace``):
-the study's model and facts through ``tuner.rome.causal_trace``, as one JSON-ready dict."""
+the study's model and facts through ``tuner.analysis.causal_trace``, as one JSON-ready dict."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from tuner.study.config import StudyConfig
 def run_trace(cfg: StudyConfig, *, facts: int, noise: float, samples: int, window: int | None, seed: int,
               device: str | None = None, progress: bool = True) -> dict[str, Any]:
     from tuner.facts.schema import load_facts
-    from tuner.rome.causal_trace import check_trace_options, per_layer_effects, trace_facts
+    from tuner.analysis.causal_trace import check_trace_options, per_layer_effects, trace_facts
 
     check_trace_options(noise=noise, facts=facts, samples=samples)  # before the model loads
     loaded = cfg.load_model(device=device, progress=progress)

@@ -20,11 +20,11 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from tuner.errors import ConfigError, EditError
-from tuner.rome.hparams import ROMEHyperParams
+from tuner.hparams import EditHParams
 from tuner.study.config import StudyConfig
 from tuner.study.export import HOLDOUT, best_trial, ranked_trials
 from tuner.study.references import UNEDITED, edit_metrics, reference_settings
-from tuner.study.scoring import Thresholds, score_metrics, score_unedited
+from tuner.metrics.scoring import Thresholds, score_metrics, score_unedited
 
 log = logging.getLogger(__name__)
 COLUMNS = ("value", "efficacy", "paraphrase", "specificity", "S", "final_prob", "rebound", "disabling")
@@ -33,7 +33,7 @@ and S (their harmonic mean), means of P(new) and the rebound, the count of disab
 
 
 def _reproducible(t: Any) -> bool:
-    return ROMEHyperParams.from_dict(t.user_attrs["hparams"]).reproducible_in_easyedit()
+    return EditHParams.from_dict(t.user_attrs["hparams"]).reproducible_in_easyedit()
 
 
 def top_trials(study: Any, k: int, where: Any = None) -> list[Any]:
@@ -47,7 +47,7 @@ def candidates(study: Any, cfg: StudyConfig, top: int, family: str, n_layers: in
     tuned = top_trials(study, top)
     tuned += [t for t in top_trials(study, max(1, top // 2), where=_reproducible) if t not in tuned]
     out = [{"label": f"trial #{t.number}", "trial": t.number, "tuning_value": t.values[0],
-            "hp": ROMEHyperParams.from_dict(t.user_attrs["hparams"])} for t in tuned]
+            "hp": EditHParams.from_dict(t.user_attrs["hparams"])} for t in tuned]
     out += [{"label": label, "trial": None, "tuning_value": None, "hp": hp}
             for label, hp in reference_settings(cfg.hparams, family, n_layers)]
     return out

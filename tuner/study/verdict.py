@@ -19,7 +19,7 @@ def _fmt(v: Any) -> str:
 
 
 def scored_trials(study: Any) -> list[Any]:
-    """Complete trials carrying their ``score`` record (``tuner.study.scoring.SettingScore``)."""
+    """Complete trials carrying their ``score`` record (``tuner.metrics.scoring.SettingScore``)."""
     from optuna.trial import TrialState
 
     return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "score" in t.user_attrs]

@@ -129,7 +129,7 @@ def reserve(study: Any, storage: Any, lock: Any, budget: int) -> Any:
     ``tuner delete`` marked the study. Retried through a database outage like every storage call."""
     import optuna
 
-    from tuner.errors import Interrupted
+    from tuner.signals import Interrupted
     from tuner.study.retrying import is_transient
     from tuner.study.storage import heartbeat_settings, outage_window
 
@@ -209,7 +209,7 @@ def run_trial(study: Any, objective: Any, trial: Any, heartbeat: Heartbeat) -> A
     from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
-    from tuner.errors import Interrupted, checkpoint, deferred_signals
+    from tuner.signals import Interrupted, checkpoint, deferred_signals
 
     def tell(**kwargs: Any) -> Any:
         # Another worker may have failed this trial as stale meanwhile (this worker was frozen,
@@ -258,7 +258,7 @@ def run_batch(study: Any, objective: Any, reserved: list[tuple[Any, Heartbeat]],
     import optuna
     from optuna.trial import TrialState
 
-    from tuner.errors import Interrupted, checkpoint, deferred_signals
+    from tuner.signals import Interrupted, checkpoint, deferred_signals
 
     trials = [t for t, _ in reserved]
     t0 = time.perf_counter()
@@ -358,7 +358,7 @@ def check_remote_code(cfg: Any, consent: bool, name: str | None = None) -> None:
 def run_worker(url: str | None, name: str, *, device: str | None = None, threads: int | None = None,
                quiet: bool = False, seed_offset: int | None = None, parent_pid: int | None = None,
                trust_remote_code: bool = False, batch_trials: int | str = 1) -> int:
-    from tuner.errors import checkpoint, deferred_signals
+    from tuner.signals import checkpoint, deferred_signals
     from tuner.study.storage import resolve_url
 
     if threads is not None and threads < 1:

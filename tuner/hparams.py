@@ -1,10 +1,10 @@
 """ROME hyperparameters: every knob declared once, here.
 
-Each field of ``ROMEHyperParams`` carries its whole description in ``knob(...)``: default,
+Each field of ``EditHParams`` carries its whole description in ``knob(...)``: default,
 bounds, help text, whether it can be searched, its EasyEdit key and its ``tuner edit`` flag.
 Everything else is derived from ``KNOBS``:
 
-- YAML validation           ``ROMEHyperParams.from_dict`` (strict keys, types, bounds)
+- YAML validation           ``EditHParams.from_dict`` (strict keys, types, bounds)
 - the search space          ``tuner.study.space`` (int / float / categorical from the type)
 - ``tuner edit`` flags      ``tuner.cli.edit`` (``--v-lr``, ``--steps``, ``--mom2/--no-mom2`` ...)
 - dashboard notes           ``tuner.study.notes``
@@ -113,7 +113,7 @@ def knob(default: Any, help: str, **spec: Any) -> Any:
 
 
 @dataclass(frozen=True)
-class ROMEHyperParams:
+class EditHParams:
     layer: int = knob(1, "index of the MLP whose down-projection is rewritten", min=0, easyedit="layers")
     method: Literal["rome", "memit", "hybrid"] = knob(
         "rome", "rome: one rank-one update at `layer`; memit: the window layer … layer+window_size−1 "
@@ -197,7 +197,7 @@ class ROMEHyperParams:
                                   "(where the prompt goes)")
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], *, where: str = "hparams") -> ROMEHyperParams:
+    def from_dict(cls, data: dict[str, Any], *, where: str = "hparams") -> EditHParams:
         for old, new in RENAMED.items():
             if old in data:
                 raise ConfigError(f"{where}.{old} is now {where}.{new}: {KNOBS[new].help}")
@@ -216,11 +216,11 @@ class ROMEHyperParams:
         return all(k.easyedit_behaviour is ANY or getattr(self, k.name) == k.easyedit_behaviour
                    for k in KNOBS.values() if k.easyedit is None)
 
-    def memit_pass(self) -> ROMEHyperParams:
+    def memit_pass(self) -> EditHParams:
         """The setting MEMIT runs with: a hybrid's MEMIT pass clamps with ``hybrid_clamp_norm_factor``."""
         return self.replace(clamp_norm_factor=self.hybrid_clamp_norm_factor) if self.method == "hybrid" else self
 
-    def replace(self, **changes: Any) -> ROMEHyperParams:
+    def replace(self, **changes: Any) -> EditHParams:
         unknown = set(changes) - set(KNOBS)
         if unknown:
             raise ConfigError(f"unknown hyperparameter {sorted(unknown)[0]}")
@@ -233,9 +233,9 @@ RENAMED = {"mom2_n_samples": "mom2_n_tokens"}
 
 
 def _declare() -> dict[str, Knob]:
-    hints = typing.get_type_hints(ROMEHyperParams)
+    hints = typing.get_type_hints(EditHParams)
     return {f.name: Knob(name=f.name, type=hints[f.name], default=f.default, **f.metadata["knob"])
-            for f in dataclasses.fields(ROMEHyperParams)}
+            for f in dataclasses.fields(EditHParams)}
 
 
 KNOBS: dict[str, Knob] = _declare()
@@ -294,7 +294,7 @@ def easyedit_preset_name(family: str) -> str:
     return "easyedit-" + (family if family in EASYEDIT_DEFAULTS else "llama")
 
 
-def preset(name: str, base: ROMEHyperParams | None = None, *, n_layers: int | None = None) -> ROMEHyperParams:
+def preset(name: str, base: EditHParams | None = None, *, n_layers: int | None = None) -> EditHParams:
     """``base`` with preset ``name`` applied (and its layer placed by depth when it sets one):
     one of ``PRESETS`` or ``easyedit-<family>`` (``EASYEDIT_DEFAULTS``)."""
     family = name.removeprefix("easyedit-")
@@ -308,4 +308,4 @@ def preset(name: str, base: ROMEHyperParams | None = None, *, n_layers: int | No
         if n_layers is None:
             raise ConfigError(f"preset {name!r} places the layer by depth: the model's depth is needed")
         values["layer"] = int(round(p.layer_depth_fraction * (n_layers - 1)))
-    return (base or ROMEHyperParams()).replace(**values)
+    return (base or EditHParams()).replace(**values)

@@ -4,7 +4,7 @@
 
 Methods:
   rome    one rank-one update per fact at ``hp.layer`` (``tuner.rome.rank_one``)
-  memit   MEMIT over the window ``hp.layer … hp.layer + window_size − 1`` (``tuner.rome.memit``)
+  memit   MEMIT over the window ``hp.layer … hp.layer + window_size − 1`` (``tuner.memit.plan``)
   hybrid  the progressive fallback for models where ROME alone falls short (ChatGLM3): ROME at
           ``hp.layer`` first; a fact whose ROME edit falls short — P(new | rewrite prompt) on the
           edited model below ``hybrid_min_prob``, or a rebound of its v* trajectory (peak − end)
@@ -15,7 +15,7 @@ Methods:
 
 Modes:
   independent  every fact edited alone on the original weights; ROME's K edits are scored in
-               shared batches (``rank_one.RowUpdates``)
+               shared batches (``RowUpdates``)
   batch        all K facts written at once: ROME's K rank-one updates summed, MEMIT's one update
                per layer for all facts; every fact scored on that one model
   sequential   facts edited one after another, each on the model the earlier edits left (a user
@@ -38,17 +38,21 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from tuner.errors import ConfigError, checkpoint
+from tuner.errors import ConfigError
+from tuner.signals import checkpoint
 from tuner.rome import rank_one
+from tuner.plumbing.module_io import rewrite_weight
 from tuner.rome.compute_v import VRequest, VResult
-from tuner.rome.evaluate import score_facts, stability_metrics
-from tuner.rome.fluency import fluency_prompts, generation_entropies
-from tuner.rome.hparams import ROMEHyperParams
-from tuner.rome.memit import MemitPlan, memit_plan, window
-from tuner.rome.tokens import target_token_ids
+from tuner.metrics.counterfact import score_facts
+from tuner.metrics.stability import stability_metrics
+from tuner.metrics.fluency import fluency_prompts, generation_entropies
+from tuner.hparams import EditHParams
+from tuner.memit.plan import MemitPlan, memit_plan
+from tuner.memit.window import window
+from tuner.plumbing.tokens import target_token_ids
 
 if TYPE_CHECKING:
-    from tuner.rome.editor import EditResult, Editor
+    from tuner.edit.editor import EditResult, Editor
 
 MODES = ("independent", "batch", "sequential")
 OnStep = Callable[[int, list[float]], None]
@@ -60,7 +64,7 @@ class _Scratch:
 
     def __init__(self, editor: Editor, layers: Sequence[int]) -> None:
         self.editor = editor
-        self.weights = {layer: rank_one.rewrite_weight(editor.model, editor.adapter, layer) for layer in layers}
+        self.weights = {layer: rewrite_weight(editor.model, editor.adapter, layer) for layer in layers}
         self.saved = {layer: w.detach().clone() for layer, w in self.weights.items()}
         self.total: dict[int, torch.Tensor] = {}  # ΔW written since the last reset, per layer
 
@@ -97,7 +101,7 @@ def _requests(editor: Editor, facts: Sequence[Any]) -> list[VRequest]:
             for f in facts]
 
 
-def _memit(editor: Editor, facts: Sequence[Any], hp: ROMEHyperParams, on_step: OnStep | None) -> MemitPlan:
+def _memit(editor: Editor, facts: Sequence[Any], hp: EditHParams, on_step: OnStep | None) -> MemitPlan:
     hp = hp.memit_pass()  # a hybrid's MEMIT pass has its own clamp (MEMIT measures it against ‖h‖)
     def cov_of(layer: int) -> torch.Tensor | None:
         return editor.mom2(layer, hp.mom2_n_tokens) if hp.mom2_adjustment else None
@@ -107,7 +111,7 @@ def _memit(editor: Editor, facts: Sequence[Any], hp: ROMEHyperParams, on_step: O
                       max_facts_per_chunk=editor.max_facts_per_chunk)
 
 
-def _short(hp: ROMEHyperParams, prob: float, v: VResult) -> bool:
+def _short(hp: EditHParams, prob: float, v: VResult) -> bool:
     """Hybrid's rule: this fact's ROME edit falls short and gets a MEMIT pass."""
     rebound = stability_metrics(v.trajectory, v.selected_step)["rebound"]
     return prob < hp.hybrid_min_prob or rebound > hp.hybrid_max_rebound
@@ -117,7 +121,7 @@ def _only_checkpoint(_step: int, _probs: list[float]) -> None:
     checkpoint()
 
 
-def run_edits(editor: Editor, facts: Sequence[Any], hp: ROMEHyperParams, mode: str = "independent", *,
+def run_edits(editor: Editor, facts: Sequence[Any], hp: EditHParams, mode: str = "independent", *,
               on_step: OnStep | None = None) -> list[EditResult]:
     """Edit ``facts`` with ``hp`` in ``mode`` and score them (see the module docstring).
     ``on_step(step, probs)`` runs after every forward pass of the first optimisation (the
@@ -154,7 +158,7 @@ BATCH_KEY = ("layer", "fact_token", "seed", "context_templates", "context_templa
 """What settings must share for their edits to run in one batch (``run_trials``)."""
 
 
-def batch_key(hp: ROMEHyperParams, mode: str) -> tuple | None:
+def batch_key(hp: EditHParams, mode: str) -> tuple | None:
     """Settings with the same key run together in ``run_trials``; ``None``: this one runs alone
     (MEMIT, the hybrid, batch and sequential modes write several updates per setting)."""
     if hp.method != "rome" or mode != "independent":
@@ -162,7 +166,7 @@ def batch_key(hp: ROMEHyperParams, mode: str) -> tuple | None:
     return tuple(getattr(hp, name) for name in BATCH_KEY)
 
 
-def run_trials(editor: Editor, facts: Sequence[Any], hps: Sequence[ROMEHyperParams], *,
+def run_trials(editor: Editor, facts: Sequence[Any], hps: Sequence[EditHParams], *,
                on_step: Callable[[int, list[float]], Any] | None = None,
                skip: Callable[[], set[int]] = set) -> list[list[EditResult] | None]:
     """``run_edits(editor, facts, hp, "independent")`` for every setting of ``hps`` (one
@@ -187,13 +191,13 @@ def run_trials(editor: Editor, facts: Sequence[Any], hps: Sequence[ROMEHyperPara
     return out
 
 
-def _rome_deltas(editor: Editor, facts: Sequence[Any], hp: ROMEHyperParams,
+def _rome_deltas(editor: Editor, facts: Sequence[Any], hp: EditHParams,
                  on_step: OnStep | None) -> tuple[list[torch.Tensor], list[VResult], list[float]]:
     plans = editor.plan_many(facts, hp, on_step=on_step)
     return [p.delta_w for p in plans], [p.v for p in plans], [p.division_factor for p in plans]
 
 
-def _independent(editor: Editor, facts: Sequence[Any], hp: ROMEHyperParams, scratch: _Scratch,
+def _independent(editor: Editor, facts: Sequence[Any], hp: EditHParams, scratch: _Scratch,
                  step_fn: Callable[[], OnStep | None]) -> list[EditResult]:
     """memit / hybrid, each fact alone on the original weights."""
     results = []
@@ -222,7 +226,7 @@ def _independent(editor: Editor, facts: Sequence[Any], hp: ROMEHyperParams, scra
     return results
 
 
-def _accumulated(editor: Editor, facts: Sequence[Any], hp: ROMEHyperParams, scratch: _Scratch,
+def _accumulated(editor: Editor, facts: Sequence[Any], hp: EditHParams, scratch: _Scratch,
                  step_fn: Callable[[], OnStep | None], *, sequential: bool) -> list[EditResult]:
     """batch: every fact written at once; sequential: one after another on the edited model."""
     groups = [[f] for f in facts] if sequential else [list(facts)]
@@ -264,7 +268,7 @@ def _accumulated(editor: Editor, facts: Sequence[Any], hp: ROMEHyperParams, scra
     return results
 
 
-def _score(editor: Editor, facts: Sequence[Any], hp: ROMEHyperParams, scratch: _Scratch, vs: Sequence[VResult],
+def _score(editor: Editor, facts: Sequence[Any], hp: EditHParams, scratch: _Scratch, vs: Sequence[VResult],
            divisions: Sequence[float | None], memit_pass: Sequence[bool] | None = None) -> list[EditResult]:
     """Score ``facts`` on the model as it is now (the scratch's updates applied)."""
     pres = [editor.pre_scores(f) for f in facts]

@@ -32,9 +32,9 @@ from typing import Any
 
 import torch
 
-from tuner.rome.adapters import Adapter
-from tuner.rome.rank_one import RowUpdates
-from tuner.rome.tokens import accepts_position_ids, encode, forward_params, make_batch, pad_id_of, padding_side
+from tuner.plumbing.adapters import Adapter
+from tuner.metrics.row_updates import RowUpdates
+from tuner.plumbing.tokens import accepts_position_ids, encode, forward_params, make_batch, pad_id_of, padding_side
 
 GEN_TOKENS = 16
 MAX_UPDATE_NORM = 25.0

@@ -25,22 +25,25 @@ from tuner.errors import ConfigError
 from tuner.facts.schema import Fact
 from tuner.paths import storage_root
 from tuner.rome import rank_one
-from tuner.rome.adapters import Adapter
+from tuner.metrics.row_updates import RowUpdates
+from tuner.plumbing.module_io import rewrite_weight
+from tuner.plumbing.adapters import Adapter
 from tuner.rome.compute_k import compute_k
 from tuner.rome.compute_v import VRequest, VResult, compute_vs
 from tuner.rome.context import context_templates
-from tuner.rome.evaluate import edit_metrics, score_fact, score_facts, stability_metrics
-from tuner.rome.fluency import fluency_prompts, generation_entropies, generation_entropy, is_disabling
-from tuner.rome.module_io import module_output
-from tuner.rome.hparams import ROMEHyperParams
+from tuner.metrics.counterfact import edit_metrics, score_fact, score_facts
+from tuner.metrics.stability import stability_metrics
+from tuner.metrics.fluency import fluency_prompts, generation_entropies, generation_entropy, is_disabling
+from tuner.plumbing.module_io import module_output
+from tuner.hparams import EditHParams
 from tuner.rome.layer_stats import second_moment
-from tuner.rome.tokens import target_token_ids
+from tuner.plumbing.tokens import target_token_ids
 
 
 @dataclass
 class EditResult:
     case_id: int
-    hparams: ROMEHyperParams
+    hparams: EditHParams
     metrics: dict[str, Any]
     trajectory: dict[str, list[float]]
     timings: dict[str, float] = field(default_factory=dict)
@@ -105,7 +108,7 @@ class Editor:
                 f"hparams.layer {layer} is out of range: the model has {self.n_layers} layers (0-{self.n_layers - 1})"
             )
 
-    def context_templates(self, hp: ROMEHyperParams) -> list[str]:
+    def context_templates(self, hp: EditHParams) -> list[str]:
         key = (hp.seed, hp.context_templates, hp.context_template_length_params)
         if key not in self._contexts:
             self._contexts[key] = context_templates(self.model, self.tok, hp.context_templates,
@@ -125,7 +128,7 @@ class Editor:
             fingerprint=self.fingerprint, root=self.stats_root, also=self.stats_layers, progress=self.progress,
         ).to(next(self.model.parameters()).device)
 
-    def solver(self, hp: ROMEHyperParams) -> rank_one.SecondMomentSolver | None:
+    def solver(self, hp: EditHParams) -> rank_one.SecondMomentSolver | None:
         """C factorised once per (layer, tokens, ridge); ``None`` without mom2_adjustment."""
         if not hp.mom2_adjustment:
             return None
@@ -144,10 +147,10 @@ class Editor:
         return self._pre[fact]
 
     # -- the edit ------------------------------------------------------------------------
-    def plan(self, fact: Fact, hp: ROMEHyperParams) -> EditPlan:
+    def plan(self, fact: Fact, hp: EditHParams) -> EditPlan:
         return self.plan_many([fact], hp)[0]
 
-    def plan_many(self, facts: Sequence[Fact], hp: ROMEHyperParams, *,
+    def plan_many(self, facts: Sequence[Fact], hp: EditHParams, *,
                   on_step: Callable[[int, list[float]], None] | None = None) -> list[EditPlan]:
         """One plan per fact; v* of all of them optimised in one batch (``compute_vs``).
         Shared work (statistics, v*) is timed once and split evenly over the facts."""
@@ -182,7 +185,7 @@ class Editor:
             plans.append(plan)
         return plans
 
-    def plan_trials(self, facts: Sequence[Fact], hps: Sequence[ROMEHyperParams], *,
+    def plan_trials(self, facts: Sequence[Fact], hps: Sequence[EditHParams], *,
                     on_step: Callable[[int, list[float]], Any] | None = None) -> list[list[EditPlan]]:
         """``plan_many`` for several settings at one layer (a worker's batch of trials): the v*
         of every (setting, fact) pair optimised in one batch, each setting with its own knobs
@@ -222,7 +225,7 @@ class Editor:
             out.append(plans)
         return out
 
-    def _plan(self, hp: ROMEHyperParams, v: VResult, u: torch.Tensor, k_star: torch.Tensor,
+    def _plan(self, hp: EditHParams, v: VResult, u: torch.Tensor, k_star: torch.Tensor,
               templates: list[str]) -> EditPlan:
         """The rank-one update that writes ``v`` (ROME's key, or k* with key_mode r-rome)."""
         key, value, v_star = v.key, v.value_init, v.v_star
@@ -232,7 +235,7 @@ class Editor:
             v_star = value + (v.v_star - v.value_init)
         return EditPlan(rank_one.rank_one_delta(u, key, value, v_star), u, key, v_star, v, templates, {})
 
-    def evaluate_trials(self, facts: Sequence[Fact], hps: Sequence[ROMEHyperParams],
+    def evaluate_trials(self, facts: Sequence[Fact], hps: Sequence[EditHParams],
                         plans: Sequence[Sequence[EditPlan]]) -> list[list[EditResult]]:
         """``evaluate_many`` for several settings' plans at one layer, every edit in the same
         shared batches (each row under its own rank-one update)."""
@@ -247,7 +250,7 @@ class Editor:
         return out
 
     @contextmanager
-    def edited(self, fact: Fact, hp: ROMEHyperParams) -> Iterator[EditPlan]:
+    def edited(self, fact: Fact, hp: EditHParams) -> Iterator[EditPlan]:
         """The model with the edit applied inside the block; the original weights after it."""
         plan = self.plan(fact, hp)
         t0 = time.perf_counter()
@@ -255,36 +258,36 @@ class Editor:
             plan.timings["update"] += time.perf_counter() - t0
             yield plan
 
-    def edit(self, fact: Fact, hp: ROMEHyperParams) -> EditResult:
+    def edit(self, fact: Fact, hp: EditHParams) -> EditResult:
         return self.edit_many([fact], hp)[0]
 
-    def edit_many(self, facts: Sequence[Fact], hp: ROMEHyperParams, *,
+    def edit_many(self, facts: Sequence[Fact], hp: EditHParams, *,
                   on_step: Callable[[int, list[float]], None] | None = None) -> list[EditResult]:
         """Each fact edited alone on the original weights and scored; their v* are optimised
         together. ``on_step(step, probs)`` runs after every forward pass of the optimisation
         (``compute_vs``)."""
         return self.evaluate_many(facts, hp, self.plan_many(facts, hp, on_step=on_step))
 
-    def evaluate_many(self, facts: Sequence[Fact], hp: ROMEHyperParams, plans: Sequence[EditPlan]) -> list[EditResult]:
+    def evaluate_many(self, facts: Sequence[Fact], hp: EditHParams, plans: Sequence[EditPlan]) -> list[EditResult]:
         """``evaluate`` for every fact at once: each batch row sees its own fact's rank-one
-        update (``rank_one.RowUpdates``), so K edits are scored in the batches of one."""
+        update (``RowUpdates``), so K edits are scored in the batches of one."""
         pres = [self.pre_scores(f) for f in facts]
         t0 = time.perf_counter()
-        edits = rank_one.RowUpdates(self.model, self.adapter, hp.layer,
+        edits = RowUpdates(self.model, self.adapter, hp.layer,
                                     torch.stack([rank_one.lambda_of(p.delta_w, p.u) for p in plans]),
                                     torch.stack([p.u for p in plans]))
         posts = score_facts(self.model, self.tok, self.adapter, facts, edits=edits)
         entropies = generation_entropies(self.model, self.tok, self.adapter, [fluency_prompts(f) for f in facts],
                                          edits=edits)
         t_eval = (time.perf_counter() - t0) / len(facts)
-        weight_norm = rank_one.rewrite_weight(self.model, self.adapter, hp.layer).detach().double().norm()
+        weight_norm = rewrite_weight(self.model, self.adapter, hp.layer).detach().double().norm()
         results = []
         for fact, plan, pre, post, entropy in zip(facts, plans, pres, posts, entropies):
             plan.timings["eval"] = t_eval
             results.append(self._result(fact, hp, plan, pre, post, entropy, float(plan.delta_w.norm() / weight_norm)))
         return results
 
-    def evaluate(self, fact: Fact, hp: ROMEHyperParams, plan: EditPlan) -> EditResult:
+    def evaluate(self, fact: Fact, hp: EditHParams, plan: EditPlan) -> EditResult:
         """Apply ``plan``, score the edited model, restore the weights."""
         pre = self.pre_scores(fact)
         t0 = time.perf_counter()
@@ -294,20 +297,20 @@ class Editor:
             post = score_fact(self.model, self.tok, self.adapter, fact)
             entropy = generation_entropy(self.model, self.tok, self.adapter, fluency_prompts(fact))
             plan.timings["eval"] = time.perf_counter() - t0
-        weight = rank_one.rewrite_weight(self.model, self.adapter, hp.layer)
+        weight = rewrite_weight(self.model, self.adapter, hp.layer)
         update_norm = float(plan.delta_w.norm() / weight.detach().double().norm())
         return self._result(fact, hp, plan, pre, post, entropy, update_norm)
 
-    def _result(self, fact: Fact, hp: ROMEHyperParams, plan: EditPlan, pre: dict[str, Any], post: dict[str, Any],
+    def _result(self, fact: Fact, hp: EditHParams, plan: EditPlan, pre: dict[str, Any], post: dict[str, Any],
                 entropy: float, update_norm: float) -> EditResult:
         return self.result(fact, hp, plan.v, pre, post, entropy, update_norm, division_factor=plan.division_factor,
                            templates=plan.templates, timings=plan.timings)
 
-    def result(self, fact: Fact, hp: ROMEHyperParams, v: VResult, pre: dict[str, Any], post: dict[str, Any],
+    def result(self, fact: Fact, hp: EditHParams, v: VResult, pre: dict[str, Any], post: dict[str, Any],
                entropy: float, update_norm: float, *, division_factor: float | None, templates: list[str],
                timings: dict[str, float]) -> EditResult:
         """An edit's metrics from its scores before (``pre_scores``) and after, its optimisation
-        and the size of the update (``tuner.rome.modes`` builds them for every method and mode)."""
+        and the size of the update (``tuner.edit.modes`` builds them for every method and mode)."""
         metrics = {**edit_metrics(pre["scores"], post), **stability_metrics(v.trajectory, v.selected_step),
                    "early_stopped": v.early_stopped, "update_norm": update_norm,
                    "division_factor": division_factor, "gen_entropy_pre": pre["gen_entropy"],

@@ -51,21 +51,21 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from tuner.errors import ConfigError, EditError
-from tuner.rome.adapters import Adapter
-from tuner.rome.compute_v import TOKENS_PER_CHUNK, VRequest, VResult, compute_vs
-from tuner.rome.context import fill_template
-from tuner.rome.hooks import Trace, get_module
-from tuner.rome.hparams import ROMEHyperParams
+from tuner.hparams import EditHParams
+from tuner.memit.keys import keys_and_hidden
+from tuner.memit.solve import memit_delta
+from tuner.memit.window import window
+from tuner.plumbing.adapters import Adapter
+from tuner.rome.compute_v import VRequest, VResult, compute_vs
+from tuner.rome.context import fact_rows
 from tuner.rome.rank_one import weight_update
-from tuner.rome.tokens import make_batch, pad_id_of, padding_side, subject_token_index
 
 log = logging.getLogger(__name__)
 
@@ -86,118 +86,11 @@ class MemitPlan:
         return sorted(self.deltas)
 
 
-def fit_window(layer: int, width: int, n_layers: int) -> int:
-    """The start of a ``width``-layer window asked to start at ``layer``, moved down so that it
-    ends at the model's last layer at the latest (the search space proposes windows this way)."""
-    return max(0, min(layer, n_layers - width))
-
-
-def window(hp: ROMEHyperParams, n_layers: int) -> list[int]:
-    """The MEMIT layers ``layer … layer + window_size − 1``; ``ConfigError`` when they do not fit."""
-    top = hp.layer + hp.window_size - 1
-    if hp.layer < 0 or top >= n_layers:
-        raise ConfigError(f"hparams.layer {hp.layer} + window_size {hp.window_size} exceeds the model's "
-                          f"{n_layers} layers (the window must end at layer {n_layers - 1} or below)")
-    return list(range(hp.layer, top + 1))
-
-
-@contextmanager
-def weight_updates(model: Any, adapter: Adapter, deltas: dict[int, torch.Tensor]) -> Iterator[None]:
-    """Add every layer's ΔW (d_model × d_ff) for the duration of the block; each weight is
-    restored bit-exactly on exit, even when the block (or a later layer's shape check) raises."""
-    with ExitStack() as stack:
-        for layer in sorted(deltas):
-            stack.enter_context(weight_update(model, adapter, layer, deltas[layer]))
-        yield
-
-
-class _StopForward(Exception):
-    """Raised after block ``top``: nothing above it is needed."""
-
-
-def _fact_rows(tok: Any, requests: Sequence[VRequest], templates: Sequence[str],
-               fact_token: str) -> list[list[tuple[list[int], int]]]:
-    """Per fact, per template: (token ids, fact-token index); template 0 is the bare prompt."""
-    if templates[0] != "{}":
-        raise ValueError("context_templates[0] must be the bare prompt '{}' (tuner.rome.context)")
-    return [[subject_token_index(tok, fill_template(t, r.prompt, r.subject), r.subject, fact_token)
-             for t in templates] for r in requests]
-
-
-@torch.no_grad()
-def keys_and_hidden(
-    model: Any,
-    tok: Any,
-    adapter: Adapter,
-    layer: int,
-    top: int,
-    rows: list[list[tuple[list[int], int]]],
-    *,
-    max_facts_per_chunk: int | None = None,
-    tokens_per_chunk: int = TOKENS_PER_CHUNK,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One pass (stopped after block ``top``) over every fact's template rows, in chunks of whole
-    facts: (K (d_ff, N) the rewrite-module input at ``layer`` averaged over the templates,
-    H (d_model, N) block ``top``'s output at the bare prompt's fact token), both float64."""
-    device = next(model.parameters()).device
-    side, pad = padding_side(tok, adapter.padding_side), pad_id_of(tok)
-    n_facts, per_fact = len(rows), len(rows[0])
-    width = max(len(ids) for fact in rows for ids, _ in fact)
-    chunk = max(1, min(n_facts, max_facts_per_chunk or n_facts, tokens_per_chunk // (per_fact * width)))
-    keys, hidden = [], []
-    block = get_module(model, adapter.layer.format(top))
-
-    def stop(*_: Any) -> None:
-        raise _StopForward
-
-    for start in range(0, n_facts, chunk):
-        part = rows[start:start + chunk]
-        flat = [r for fact in part for r in fact]
-        batch = make_batch([ids for ids, _ in flat], pad_id=pad, side=side, device=device)
-        with Trace(model, adapter.rewrite.format(layer), retain_input=True) as k_tr, \
-                Trace(model, adapter.layer.format(top), retain_output=True) as h_tr:
-            handle = block.register_forward_hook(stop)  # after h_tr's hook: the output is kept first
-            try:
-                model(**batch.model_kwargs(model))
-            except _StopForward:
-                pass
-            finally:
-                handle.remove()
-        x, h = k_tr.input, h_tr.output
-        if adapter.seq_first:
-            x, h = x.transpose(0, 1), h.transpose(0, 1)  # (T, B, d) -> (B, T, d)
-        b = torch.arange(len(flat), device=x.device)
-        cols = torch.tensor([batch.offsets[i] + idx for i, (_, idx) in enumerate(flat)], device=x.device)
-        k = x[b, cols].double().view(len(part), per_fact, -1)  # (n, R, d_ff)
-        keys.append(k.mean(1))
-        hidden.append(h[b, cols].double().view(len(part), per_fact, -1)[:, 0])  # (n, d_model) bare prompt
-    return torch.cat(keys).T, torch.cat(hidden).T
-
-
-def memit_delta(resid: torch.Tensor, keys: torch.Tensor, cov: torch.Tensor | None, lam: float,
-                ridge: float = 0.0) -> torch.Tensor:
-    """ΔW (d_model, d_ff) float64 = resid Kᵀ (λC + K Kᵀ)⁻¹ for resid (d_model, N), K (d_ff, N);
-    C = identity when ``cov`` is None; ``ridge`` adds ridge·mean(diag C)·I to C."""
-    k = keys.double()
-    d_ff = k.shape[0]
-    eye = torch.eye(d_ff, dtype=torch.float64, device=k.device)
-    c = eye if cov is None else cov.double().to(k.device)
-    if ridge > 0:
-        c = c + ridge * c.diagonal().mean() * eye
-    a = lam * c + k @ k.T  # (d_ff, d_ff), symmetric
-    factor, info = torch.linalg.cholesky_ex(a)
-    if int(info) != 0:
-        raise EditError("λC + KKᵀ is not positive definite: the key statistics C are singular; use a larger "
-                        "statistics corpus or set hparams.mom2_ridge (e.g. 1e-4)")
-    x = torch.cholesky_solve(k, factor)  # (d_ff, N) = (λC + KKᵀ)⁻¹ K
-    return resid.double().to(k.device) @ x.T  # (d_model, d_ff)
-
-
 def memit_plan(
     model: Any,
     tok: Any,
     adapter: Adapter,
-    hp: ROMEHyperParams,
+    hp: EditHParams,
     requests: Sequence[VRequest],
     context_templates: Sequence[str],
     cov_of: Callable[[int], torch.Tensor | None],
@@ -221,7 +114,7 @@ def memit_plan(
     timings["v_star"] = time.perf_counter() - t0
     delta = torch.stack([v.v_star.double() - v.value_init.double() for v in vs]).T  # (d_model, N)
 
-    rows = _fact_rows(tok, requests, context_templates, hp.fact_token)
+    rows = fact_rows(tok, requests, context_templates, hp.fact_token)
     deltas: dict[int, torch.Tensor] = {}
     keys: dict[int, torch.Tensor] = {}
     residuals: dict[int, torch.Tensor] = {}

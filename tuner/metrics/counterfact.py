@@ -1,4 +1,4 @@
-"""Metrics after an edit (CounterFact definitions) and stability measures of the trajectory.
+"""Metrics after an edit, by CounterFact's definitions (the trajectory's stability: ``tuner.metrics.stability``).
 
 Probabilities of multi-token targets are sequence probabilities (product over tokens);
 comparisons between the new and the true target use the mean per-token log-probability, as in
@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 
-from tuner.rome.adapters import Adapter
-from tuner.rome.rank_one import RowUpdates
-from tuner.rome.tokens import encode, make_batch, pad_id_of, padding_side, target_logprobs_at, target_token_ids
+from tuner.plumbing.adapters import Adapter
+from tuner.metrics.row_updates import RowUpdates
+from tuner.plumbing.tokens import encode, make_batch, pad_id_of, padding_side, target_logprobs_at, target_token_ids
 
 
 @torch.no_grad()
@@ -113,25 +113,4 @@ def edit_metrics(pre: dict[str, Any], post: dict[str, Any]) -> dict[str, float |
         "efficacy_pre": float(pre_rw["lp_new"][0] > pre_rw["lp_true"][0]),
         "paraphrase_pre": _mean(pre_para["lp_new"] > pre_para["lp_true"]),
         "paraphrase_prob_pre": _mean(pre_para["p_new"]),
-    }
-
-
-def stability_metrics(trajectory: dict[str, list[float]], selected_step: int) -> dict[str, Any]:
-    """From the v* trajectory (``prob`` = P(new | bare prompt) per forward pass): the peak, the
-    probability of the iterate the edit uses (``opt_final_prob``), rebound = peak − that, and loss
-    oscillation (total upward variation of the loss over the initial loss; 0 for a monotone descent)."""
-    probs = trajectory["prob"]
-    peak = max(probs)
-    end = probs[selected_step]
-    loss = trajectory["loss"]
-    ups = sum(max(0.0, b - a) for a, b in zip(loss, loss[1:]))
-    return {
-        "peak_prob": peak,
-        "peak_step": probs.index(peak),
-        "opt_final_prob": end,
-        "selected_step": selected_step,
-        "n_steps": len(loss),
-        "rebound": peak - end,
-        "oscillation": ups / loss[0] if loss and loss[0] > 0 else 0.0,
-        "final_loss": loss[selected_step] if loss else float("nan"),
     }

@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 
-from tuner.rome.adapters import Adapter
-from tuner.rome.hooks import get_module
+from tuner.plumbing.adapters import Adapter
+from tuner.plumbing.hooks import get_module
 
 
 class PrefixReplay:

@@ -109,3 +109,24 @@ class TraceDict(dict):
     def close(self) -> None:
         for tr in self.values():
             tr.close()
+
+
+class _StopForward(Exception):
+    """Raised by ``forward_until``'s hook: nothing above the module is needed."""
+
+
+def _stop(*_: Any) -> None:
+    raise _StopForward
+
+
+def forward_until(model: nn.Module, name: str, **kwargs: Any) -> None:
+    """``model(**kwargs)`` cut short right after module ``name`` has run: the hooks registered on
+    it before this call (a ``Trace``'s, the statistics') still see its output; the blocks above
+    never run. Returns nothing (there are no logits)."""
+    handle = get_module(model, name).register_forward_hook(_stop)
+    try:
+        model(**kwargs)
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()

@@ -19,9 +19,9 @@ from typing import Any
 import torch
 
 from tuner.errors import ConfigError
-from tuner.rome.adapters import Adapter
-from tuner.rome.hooks import Trace, TraceDict
-from tuner.rome.tokens import encode, make_batch, pad_id_of, subject_token_index, target_token_ids
+from tuner.plumbing.adapters import Adapter
+from tuner.plumbing.hooks import Trace, TraceDict
+from tuner.plumbing.tokens import encode, make_batch, pad_id_of, subject_token_index, target_token_ids
 
 KINDS = ("state", "mlp", "attn")
 

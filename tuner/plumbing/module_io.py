@@ -8,9 +8,9 @@ from typing import Any
 
 import torch
 
-from tuner.rome.adapters import Adapter
-from tuner.rome.hooks import Trace, get_module
-from tuner.rome.tokens import make_batch, pad_id_of, padding_side, subject_token_index
+from tuner.plumbing.adapters import Adapter
+from tuner.plumbing.hooks import Trace, get_module
+from tuner.plumbing.tokens import make_batch, pad_id_of, padding_side, subject_token_index
 
 
 @torch.no_grad()
@@ -47,3 +47,8 @@ def module_output(model: Any, adapter: Adapter, layer: int, key: torch.Tensor) -
     module = get_module(model, adapter.rewrite.format(layer))
     weight = next(module.parameters())
     return module(key.to(device=weight.device, dtype=weight.dtype)[None])[0].float()
+
+
+def rewrite_weight(model: Any, adapter: Adapter, layer: int) -> torch.nn.Parameter:
+    """The weight of the rewrite module (the MLP down-projection) of ``layer``."""
+    return get_module(model, adapter.rewrite.format(layer)).weight
