@@ -122,12 +122,12 @@ def measure(name: str, model: Any, tok: Any, facts: list, *, layer: int, layers:
             steps: tuple[int, int], device: Any) -> dict[str, float]:
     import torch
 
+    from tuner.hparams import EditHParams
     from tuner.plumbing.adapters import detect_adapter
+    from tuner.plumbing.tokens import target_token_ids
     from tuner.rome.compute_v import VRequest, compute_vs
     from tuner.rome.context import context_templates
-    from tuner.hparams import EditHParams
     from tuner.rome.layer_stats import compute_second_moments
-    from tuner.plumbing.tokens import target_token_ids
 
     model.requires_grad_(False)
     adapter = detect_adapter(model.config, family="chatglm" if "chatglm" in name.lower() else None)

@@ -21,7 +21,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 EDITS = [("rome", 0), ("rome", 3), ("memit", 1), ("hybrid", 2)]
-TIMING = ("seconds", "time", "duration", "host", "pid", "worker")
+TIMING = ("seconds", "timings", "time", "duration", "host", "pid", "worker")
+"""Keys left out of the comparison, at any depth: wall-clock measurements and where a trial ran."""
 
 
 def tuner(*args: str) -> str:
@@ -35,6 +36,33 @@ def tuner(*args: str) -> str:
 
 def untimed(attrs: dict) -> dict:
     return {k: v for k, v in sorted(attrs.items()) if not any(t in k for t in TIMING)}
+
+
+def plans() -> dict:
+    """sha256 of v*, k*, u and ΔW of the default study's first 8 facts planned in one batch
+    (through the Python API, one thread), per layer."""
+    import hashlib
+
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    from tuner.study.config import StudyConfig
+
+    torch.set_num_threads(1)
+    cfg = StudyConfig.load(str(ROOT / "studies/default.yaml"))
+    editor = cfg.load_model(device="cpu", progress=False).editor(progress=False)
+    facts = cfg.select_facts()
+
+    def digest(x: torch.Tensor) -> str:
+        return hashlib.sha256(x.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+
+    out = {}
+    for layer in (0, 2):
+        for plan, fact in zip(editor.plan_many(facts, cfg.hparams.replace(layer=layer)), facts):
+            out[f"layer {layer} fact {fact.case_id}"] = {
+                "v_star": digest(plan.v_star), "u": digest(plan.u), "delta_w": digest(plan.delta_w),
+                "delta_w_norm": float(plan.delta_w.norm())}
+    return out
 
 
 def snapshot(trials: int) -> dict:
@@ -51,11 +79,12 @@ def snapshot(trials: int) -> dict:
                  "user_attrs": untimed(t.user_attrs)}
                 for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)]
     best = [line for line in out.splitlines() if line.startswith("best trial")]
-    return {"edits": edits, "trials": rows, "best": best}
+    return {"edits": edits, "plans": plans(), "trials": rows, "best": best}
 
 
 def diff(a, b, path: str = "") -> list[str]:
     if isinstance(a, dict) and isinstance(b, dict):
+        a, b = untimed(a), untimed(b)
         out = [f"{path}.{k}: only in {'first' if k in a else 'second'}" for k in sorted(set(a) ^ set(b))]
         for k in sorted(set(a) & set(b)):
             out += diff(a[k], b[k], f"{path}.{k}")
@@ -76,8 +105,8 @@ def main() -> None:
     if args.compare:
         a, b = (json.loads(p.read_text()) for p in args.compare)
         found = diff(a, b)
-        n_values = sum(len(json.dumps(e)) for e in a["edits"].values())
-        print(f"{len(a['edits'])} edits ({n_values} characters of JSON), {len(a['trials'])} trials: "
+        print(f"{len(a['edits'])} edits (trajectory, metrics), {len(a.get('plans', ()))} plans (v*, u, ΔW), "
+              f"{len(a['trials'])} trials (parameters, values, attributes), timings left out: "
               + ("bit-identical" if not found else f"{len(found)} differences"))
         for line in found[:40]:
             print(" ", line)

@@ -28,9 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def models(root: Path, tmp: Path) -> Iterator[tuple[str, object]]:
     from tests.chatglm.build import build_tiny_chatglm
-    from tuner.study.config import StudyConfig
-
     from tuner.models.corpus import load_kb
+    from tuner.study.config import StudyConfig
 
     default = StudyConfig.load(root / "studies/default.yaml")
     yield "default (Llama, 4 layers)", default.load_model(device="cpu", progress=False)
@@ -51,8 +50,8 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
-    from tuner.facts.schema import load_facts
     from tuner.edit.modes import MODES, run_edits
+    from tuner.facts.schema import load_facts
     from tuner.study.config import StudyConfig
 
     torch.set_num_threads(args.threads)

@@ -69,9 +69,9 @@ def judge(cfg_path: Path, exported: Path) -> dict:
     """The exported setting and the references on the held-out facts, scored by this checkout."""
     import torch
 
+    from tuner.metrics.scoring import Thresholds, score_metrics, score_unedited
     from tuner.study.config import StudyConfig
     from tuner.study.references import UNEDITED, edit_metrics, reference_settings
-    from tuner.metrics.scoring import Thresholds, score_metrics, score_unedited
 
     torch.set_num_threads(1)
     cfg = StudyConfig.load(cfg_path)

@@ -43,8 +43,8 @@ def per_edit(n_facts: int = 8) -> dict[str, float]:
     import torch
 
     from tests.rome.reference_rome import reference_v_star
-    from tuner.rome.compute_v import VRequest, compute_vs
     from tuner.plumbing.tokens import target_token_ids
+    from tuner.rome.compute_v import VRequest, compute_vs
     from tuner.study.config import StudyConfig
 
     torch.set_num_threads(1)

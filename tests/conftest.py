@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.workspace import ROOT, shared_home  # noqa: F401  (re-exported for the tests)
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
@@ -93,8 +94,8 @@ def tiny_models(tiny_tok):
 
 @pytest.fixture(scope="session")
 def tiny_editor(tiny_models, tiny_tok, stats_texts, tmp_path_factory):
-    from tuner.plumbing.adapters import detect_adapter
     from tuner.edit.editor import Editor
+    from tuner.plumbing.adapters import detect_adapter
 
     root = tmp_path_factory.mktemp("stats")
     editors = {}

@@ -2,7 +2,6 @@
 the returned logits, multi-query attention, rotary embeddings on half of each head, RMSNorm,
 SwiGLU MLP named ``dense_h_to_4h`` / ``dense_4h_to_h``, modules under ``transformer.encoder``."""
 
-import math
 
 import torch
 import torch.nn.functional as F

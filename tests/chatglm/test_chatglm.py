@@ -13,7 +13,6 @@ import yaml
 from tests.conftest import ROOT, run_cli
 
 
-
 @pytest.fixture(scope="module")
 def chatglm_dir(tmp_path_factory, kb):
     from tests.chatglm.build import build_tiny_chatglm
@@ -58,8 +57,8 @@ def test_remote_code_needs_explicit_opt_in(chatglm_dir, tmp_path):
 
 
 def test_invariants_hold(loaded, facts):
-    from tuner.plumbing.module_io import module_io_at
     from tuner.hparams import EditHParams
+    from tuner.plumbing.module_io import module_io_at
 
     ed = loaded.editor(progress=False)
     hp = EditHParams(layer=1, v_num_grad_steps=8, mom2_n_tokens=2000)
@@ -72,8 +71,8 @@ def test_invariants_hold(loaded, facts):
 
 
 def test_left_padded_batch_equals_one_at_a_time(loaded, facts):
-    from tuner.plumbing.module_io import module_io_at
     from tuner.hparams import EditHParams
+    from tuner.plumbing.module_io import module_io_at
 
     ed = loaded.editor(progress=False)
     fact = facts[5]

@@ -121,3 +121,18 @@ def test_help_imports_no_heavy_library(argv):
     proc = subprocess.run([sys.executable, "-c", code, *argv], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "usage: tuner" in proc.stdout and "HEAVY []" in proc.stdout, proc.stdout[-300:]
+
+
+def test_edit_judges_disabling_with_the_study_thresholds(default_model, tmp_path):
+    """``tuner edit --config`` scores with the study's ``objective.max_update_norm``: the same edit
+    is disabling under a study whose threshold is below its update norm, and not under the default."""
+    from tests.workspace import study_file
+
+    args = ("edit", "--fact", "3", "--layer", "0", "--steps", "8", "--json")
+    plain = json.loads(run_cli(*args).stdout)["metrics"]
+    assert not plain["disabling_edit"] and 0 < plain["update_norm"] < 25
+    strict = study_file(tmp_path / "strict.yaml", objective={"max_update_norm": plain["update_norm"] / 2})
+    proc = run_cli(*args, "--config", str(strict))
+    assert proc.returncode == 0, proc.stderr
+    judged = json.loads(proc.stdout)["metrics"]
+    assert judged["update_norm"] == plain["update_norm"] and judged["disabling_edit"]

@@ -17,8 +17,8 @@ HP = EditHParams(layer=1, v_num_grad_steps=25, v_lr=1.0, v_weight_decay=0.001, c
 
 
 def _requests(editor, facts):
-    from tuner.rome.compute_v import VRequest
     from tuner.plumbing.tokens import target_token_ids
+    from tuner.rome.compute_v import VRequest
 
     return [VRequest(f.prompt, f.subject, tuple(target_token_ids(editor.tok, f.rewrite_prompt, f.target_new)))
             for f in facts]
@@ -179,8 +179,8 @@ def test_one_pass_statistics_equal_per_layer(tiny_editor, stats_texts, model_typ
     equals C built document by document from each layer's own keys; the layer above the
     top is never run."""
     from tuner.plumbing.hooks import Trace
-    from tuner.rome.layer_stats import compute_second_moments
     from tuner.plumbing.tokens import encode
+    from tuner.rome.layer_stats import compute_second_moments
 
     ed = tiny_editor(model_type)
     n = 1500
@@ -241,3 +241,25 @@ def test_on_step_can_stop_some_requests(editor, facts):
     cut = _vs(editor, hp, requests[:1] * 2, knobs=knobs, on_step=lambda step, probs: [1] if step == 4 else [])
     assert len(cut[1].trajectory["loss"]) == 5 and len(cut[0].trajectory["loss"]) == hp.v_num_grad_steps
     assert_same(cut[:1], full[:1])
+
+
+def test_k_star_comes_from_the_first_pass(editor64, facts):
+    """An edit's k* is read from ``compute_vs``'s first pass (no pass of its own): it equals
+    ``compute_k`` on the same rows (float64, 1e-12), and planning K facts runs the model exactly
+    once per v* forward pass — the first pass plus one per optimisation step."""
+    from tuner.rome.compute_k import compute_k
+
+    facts = facts[:4]
+    hp = HP.replace(v_num_grad_steps=4, early_stop_loss=None)
+    templates = editor64.context_templates(hp)  # sampled from the model once, before counting
+    calls = []
+    handle = editor64.model.register_forward_pre_hook(lambda *_: calls.append(1))
+    try:
+        plans = editor64.plan_many(facts, hp)
+    finally:
+        handle.remove()
+    assert len(calls) == 1 + 4
+    for fact, plan in zip(facts, plans):
+        k = compute_k(editor64.model, editor64.tok, editor64.adapter, hp.layer, fact.prompt, fact.subject, templates,
+                      hp.fact_token)
+        assert float((plan.v.k_star - k).norm()) <= 1e-12 * float(k.norm())

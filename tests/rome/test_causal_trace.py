@@ -8,8 +8,8 @@ import optuna
 import pytest
 
 from tests.conftest import run_cli
-from tuner.errors import ConfigError
 from tuner.analysis.causal_trace import per_layer_effects, trace_facts
+from tuner.errors import ConfigError
 
 
 @pytest.fixture(scope="module")

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import torch
 
-from tuner.study.config import StudyConfig
 from tests.conftest import ROOT
+from tuner.study.config import StudyConfig
 
 
 def _meta() -> dict:

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from tests.conftest import FAMILIES
+from tuner.metrics.fluency import greedy_continuations
 from tuner.metrics.row_updates import RowUpdates
 from tuner.plumbing.module_io import rewrite_weight
-from tuner.metrics.fluency import greedy_continuations
 
 PROMPTS = ["The capital of France is", "Paris is in", "A", "The Eiffel Tower is located in the city of",
            "Which language", "Rome"]

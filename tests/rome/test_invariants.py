@@ -9,9 +9,9 @@ import torch
 
 from tests.conftest import FAMILIES
 from tuner.errors import ConfigError, EditError
-from tuner.plumbing.module_io import module_io_at
-from tuner.plumbing.hooks import get_module
 from tuner.hparams import EditHParams
+from tuner.plumbing.hooks import get_module
+from tuner.plumbing.module_io import module_io_at
 
 HP = EditHParams(layer=1, v_num_grad_steps=6, v_lr=0.5, v_weight_decay=0.01, mom2_n_tokens=600,
                      context_template_length_params=((3, 3),))

@@ -4,14 +4,13 @@ sequence-first left padding, and an end-to-end edit of 8 facts at once on the de
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 
 from tests.conftest import ROOT
 from tuner.errors import ConfigError
-from tuner.plumbing.hooks import Trace, get_module
 from tuner.hparams import EditHParams, preset
+from tuner.plumbing.hooks import Trace, get_module
 
 # v* settings of the `verify` preset (they edit the default model) with MEMIT's clamp measured
 # against the residual stream (clamp 2: tuner.memit.plan's sweep); window 0-1 of its 4 layers
@@ -21,8 +20,8 @@ SMALL = EditHParams(method="memit", layer=0, window_size=2, v_num_grad_steps=5, 
 
 
 def _requests(editor, facts):
-    from tuner.rome.compute_v import VRequest
     from tuner.plumbing.tokens import target_token_ids
+    from tuner.rome.compute_v import VRequest
 
     return [VRequest(f.prompt, f.subject, tuple(target_token_ids(editor.tok, f.rewrite_prompt, f.target_new)))
             for f in facts]
@@ -73,8 +72,8 @@ def test_normal_equations_and_residual_spread(editor, tiny_editor, facts, model_
     """At every layer l of the window, ΔW_l (λC_l + K_l K_lᵀ) = R_l K_lᵀ; R at the bottom is δ/W;
     the keys and the residual at the top are those of the model with the lower ΔW applied
     (checked independently, one prompt at a time); GPT-2: Conv1D's (in, out) weight layout."""
-    from tuner.rome.compute_k import compute_k
     from tuner.memit.window import weight_updates
+    from tuner.rome.compute_k import compute_k
 
     ed = editor if model_type == "default" else tiny_editor(model_type)
     hp = SMALL.replace(mom2_update_weight=3.0 if model_type == "default" else 0.5)
@@ -186,8 +185,8 @@ def chatglm_editor(kb, tmp_path_factory, stats_texts):
     """A randomly initialised ChatGLM3-interface model (sequence-first activations) with a left-padding
     ``[gMASK] <sop>`` tokenizer: batching, not editing success, is what is tested on it."""
     from tests.chatglm.build import untrained_chatglm
-    from tuner.plumbing.adapters import ADAPTERS
     from tuner.edit.editor import Editor
+    from tuner.plumbing.adapters import ADAPTERS
 
     model, tok = untrained_chatglm(kb)
     return Editor(model.eval(), tok, ADAPTERS["chatglm"], fingerprint="chatglm-memit", stats_texts=stats_texts,
@@ -239,8 +238,8 @@ def test_memit_edits_eight_facts_at_once(editor):
     model is the one built on this machine's CPU kernels (``tuner model build``): one built on an
     AMD EPYC flips 5 of 8 here, one built earlier on another CPU 7 of 8."""
     from tuner.facts.schema import load_facts
-    from tuner.metrics.counterfact import edit_metrics, score_facts
     from tuner.memit.window import weight_updates
+    from tuner.metrics.counterfact import edit_metrics, score_facts
 
     fs = load_facts(ROOT / "studies/facts/synthetic_edits.json")[:8]
     assert E2E.mom2_update_weight == EditHParams().mom2_update_weight

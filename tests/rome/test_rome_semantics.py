@@ -13,8 +13,8 @@ HP = EditHParams(layer=1, v_num_grad_steps=8, v_lr=0.5, v_weight_decay=0.01, kl_
 
 
 def engine_and_reference(ed, fact, hp):
-    from tuner.rome.compute_v import compute_v
     from tuner.plumbing.tokens import target_token_ids
+    from tuner.rome.compute_v import compute_v
 
     templates = ed.context_templates(hp)
     target = target_token_ids(ed.tok, fact.rewrite_prompt, fact.target_new)
@@ -49,8 +49,8 @@ def test_engine_equals_a_plain_rome_loop(tiny_editor, facts, model_type):
 def test_last_step_takes_no_optimiser_step(tiny_editor, facts):
     """N forward passes: the last recorded δ norm is the one v* uses (no step after it)."""
     ed = tiny_editor("llama")
-    from tuner.rome.compute_v import compute_v
     from tuner.plumbing.tokens import target_token_ids
+    from tuner.rome.compute_v import compute_v
 
     hp = HP.replace(early_stop_loss=None, v_num_grad_steps=5, v_lr=0.05, clamp_norm_factor=100.0)  # no clamping
     target = target_token_ids(ed.tok, facts[0].rewrite_prompt, facts[0].target_new)
@@ -78,8 +78,8 @@ def test_v_select_best_returns_the_peak_iterate(default_model, facts):
 
 @pytest.mark.parametrize("model_type", ["llama", "gpt2"])
 def test_r_rome_maps_k_star_to_v_star(tiny_editor, facts, model_type):
-    from tuner.rome.compute_k import compute_k
     from tuner.plumbing.hooks import get_module
+    from tuner.rome.compute_k import compute_k
 
     ed = tiny_editor(model_type)
     hp = HP.replace(key_mode="r-rome", mom2_adjustment=True, mom2_n_tokens=600)

@@ -10,7 +10,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import optuna
@@ -407,6 +406,7 @@ def test_read_only_home_with_postgres_writes_nothing(tmp_path, env, default_mode
     one line before touching the database (it used to create the study and its first trials,
     then fail on the model's lock file)."""
     import psycopg
+
     from tuner.models.build import BuildSpec, model_dir
 
     home = tmp_path / "rohome"

@@ -12,8 +12,8 @@ import dataclasses
 import pytest
 
 from tests.conftest import ROOT, run_cli
-from tuner.study.config import ObjectiveSpec, StudyConfig
 from tuner.metrics.scoring import CONSTRAINT_NAMES, Thresholds, score_metrics
+from tuner.study.config import ObjectiveSpec, StudyConfig
 
 OLD_RULES = ObjectiveSpec(kind="stability", specificity_margin=None, max_specificity_drop=0.05)
 """The objective and guard the project shipped before: what let a non-edit win."""

@@ -91,8 +91,8 @@ def test_specificity_guards_relative_and_absolute():
     """By default specificity is judged against the references (the worse one, less a margin):
     the references themselves are feasible; the absolute guard (vs the unedited model) applies
     only when set; a setting that edits no more facts than the unedited model is infeasible."""
-    from tuner.study.config import ObjectiveSpec
     from tuner.metrics.scoring import CONSTRAINT_NAMES, Thresholds, constraints
+    from tuner.study.config import ObjectiveSpec
 
     def fact(spec: float, eff: float = 1.0) -> dict:
         return {"specificity_pre": 1.0, "specificity": spec, "efficacy": eff, "efficacy_pre": 0.0,

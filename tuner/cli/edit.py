@@ -80,9 +80,9 @@ def trajectory_table(traj: dict[str, list[float]], rows: int = 20) -> str:
 def run(args: argparse.Namespace) -> int:
     from tuner.facts.schema import load_facts
     from tuner.hparams import KNOBS
+    from tuner.metrics.scoring import score_metrics
     from tuner.study.config import StudyConfig
     from tuner.study.references import edit_metrics
-    from tuner.metrics.scoring import score_metrics
 
     cfg = StudyConfig.load(args.config)
     facts = load_facts(cfg.resolve(cfg.facts.path))

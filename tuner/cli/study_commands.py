@@ -11,10 +11,21 @@ import os
 from pathlib import Path
 from typing import Any
 
-from tuner.cli.options import STORAGE_HELP, add_config, add_device, add_storage
+from tuner.cli.options import add_config, add_device, add_storage
+
+BATCH_TRIALS_HELP = ("trials a worker runs as one batch (their facts' v* optimised together, their edits scored "
+                     "together; each trial's result as if alone). auto: as many as fit half the free GPU memory "
+                     "(at most 8), 1 on the CPU")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    _launch_parser(sub)
+    _worker_parser(sub)
+    _view_parsers(sub)
+    _admin_parsers(sub)
+
+
+def _launch_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("launch", help="create or resume a study and run it with local workers",
                        description="Create (or resume) a study and run local workers until the budget "
                                    "of finished trials is met, across all workers on all machines.")
@@ -26,9 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int,
                    help="CPU threads per local worker (default: cores ÷ workers; lower it on a loaded machine)")
     p.add_argument("--batch-trials", default="auto", metavar="N|auto",
-                   help="trials a worker runs as one batch (their facts' v* optimised together, their edits "
-                        "scored together; each trial's result as if alone). auto: as many as fit half the free "
-                        "GPU memory (at most 8), 1 on the CPU")
+                   help=BATCH_TRIALS_HELP)
     p.add_argument("--create-only", action="store_true", help="create the study (and tables) and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--widen-bounds", action="store_true",
@@ -42,15 +51,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="causal-trace the facts first and start the search at the top MLP layers")
     p.set_defaults(run="tuner.cli.study_commands:launch")
 
+
+def _worker_parser(sub: argparse._SubParsersAction) -> None:
     w = sub.add_parser("worker", help="join an existing study and run trials until its budget is met")
     w.add_argument("--study", required=True, help="study name")
     add_storage(w)
     add_device(w)
     w.add_argument("--threads", type=int, help="CPU threads for torch (default on CPU: 1, so several workers share the cores)")
     w.add_argument("--batch-trials", default="auto", metavar="N|auto",
-                   help="trials a worker runs as one batch (their facts' v* optimised together, their edits "
-                        "scored together; each trial's result as if alone). auto: as many as fit half the free "
-                        "GPU memory (at most 8), 1 on the CPU")
+                   help=BATCH_TRIALS_HELP)
     w.add_argument("--quiet", action="store_true", help="log warnings only (used by launch)")
     w.add_argument("--sampler-seed-offset", type=int, help="sampler seed = study seed + this (default: the pid)")
     w.add_argument("--trust-remote-code", action="store_true",
@@ -59,6 +68,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     w.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)  # set by launch: stop when it is gone
     w.set_defaults(run="tuner.cli.study_commands:worker")
 
+
+def _view_parsers(sub: argparse._SubParsersAction) -> None:
+    """report, dashboard, status."""
     r = sub.add_parser("report", help="write the HTML report of a study and refresh its dashboard figures")
     r.add_argument("--study", required=True, help="study name")
     add_storage(r)
@@ -76,6 +88,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--port", type=int, default=8080)
     d.set_defaults(run="tuner.cli.study_commands:dashboard")
 
+    s = sub.add_parser("status", help="counts by state, best trial and workers of a study")
+    s.add_argument("--study", help="study name (default: list the studies)")
+    add_storage(s)
+    s.set_defaults(run="tuner.cli.study_commands:status")
+
+
+def _admin_parsers(sub: argparse._SubParsersAction) -> None:
+    """copy, delete, validate."""
     c = sub.add_parser("copy", help="copy a study between storages (e.g. SQLite → PostgreSQL)")
     c.add_argument("--study", required=True, help="study name")
     c.add_argument("--from", dest="src", required=True, help="source storage URL")
@@ -104,11 +124,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--trust-remote-code", action="store_true", help="consent to run the checkpoint's own code")
     v.add_argument("--no-progress", action="store_true", help="no progress bars")
     v.set_defaults(run="tuner.cli.study_commands:validate")
-
-    s = sub.add_parser("status", help="counts by state, best trial and workers of a study")
-    s.add_argument("--study", help="study name (default: list the studies)")
-    add_storage(s)
-    s.set_defaults(run="tuner.cli.study_commands:status")
 
 
 def launch(args: argparse.Namespace) -> int:
@@ -210,9 +225,7 @@ def worker(args: argparse.Namespace) -> int:
 
     if args.quiet:
         logging.getLogger().setLevel(logging.WARNING)
-    from tuner.study.worker import REMOTE_CODE_ENV
-
-    from tuner.study.worker import parse_batch_trials
+    from tuner.study.worker import REMOTE_CODE_ENV, parse_batch_trials
 
     trust = args.trust_remote_code or os.environ.get(REMOTE_CODE_ENV) == "1"
     run_worker(args.storage, args.study, device=args.device, threads=args.threads, quiet=args.quiet,

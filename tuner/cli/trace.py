@@ -24,9 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tuner.analysis.causal_trace import FactTrace
     from tuner.paths import atomic_write_json, atomic_write_text, storage_root
     from tuner.report import figures
-    from tuner.analysis.causal_trace import FactTrace
     from tuner.study.config import StudyConfig
     from tuner.study.trace import run_trace
 

@@ -23,21 +23,19 @@ import torch
 
 from tuner.errors import ConfigError
 from tuner.facts.schema import Fact
-from tuner.paths import storage_root
-from tuner.rome import rank_one
+from tuner.hparams import EditHParams
+from tuner.metrics.counterfact import edit_metrics, score_fact, score_facts
+from tuner.metrics.fluency import DisablingRule, fluency_prompts, generation_entropies, generation_entropy
 from tuner.metrics.row_updates import RowUpdates
-from tuner.plumbing.module_io import rewrite_weight
+from tuner.metrics.stability import stability_metrics
+from tuner.paths import storage_root
 from tuner.plumbing.adapters import Adapter
-from tuner.rome.compute_k import compute_k
+from tuner.plumbing.module_io import module_output, rewrite_weight
+from tuner.plumbing.tokens import target_token_ids
+from tuner.rome import rank_one
 from tuner.rome.compute_v import VRequest, VResult, compute_vs
 from tuner.rome.context import context_templates
-from tuner.metrics.counterfact import edit_metrics, score_fact, score_facts
-from tuner.metrics.stability import stability_metrics
-from tuner.metrics.fluency import fluency_prompts, generation_entropies, generation_entropy, is_disabling
-from tuner.plumbing.module_io import module_output
-from tuner.hparams import EditHParams
 from tuner.rome.layer_stats import second_moment
-from tuner.plumbing.tokens import target_token_ids
 
 
 @dataclass
@@ -86,6 +84,7 @@ class Editor:
         progress: bool = True,
         max_facts_per_chunk: int | None = None,
         stats_layers: Sequence[int] = (),
+        disabling: DisablingRule = DisablingRule(),
     ) -> None:
         model.eval()
         model.requires_grad_(False)  # only δ is optimised
@@ -97,6 +96,7 @@ class Editor:
         self.progress = progress
         self.stats_layers = [layer for layer in stats_layers if 0 <= layer < self.n_layers]
         self.max_facts_per_chunk = max_facts_per_chunk  # None: all facts in one forward pass (OOM halves it)
+        self.disabling = disabling  # the study's thresholds for ``disabling_edit``
         self._contexts: dict[tuple, list[str]] = {}
         self._solvers: dict[tuple[int, int, float], rank_one.SecondMomentSolver] = {}
         self._pre: dict[Fact, dict[str, Any]] = {}
@@ -161,21 +161,19 @@ class Editor:
         templates = self.context_templates(hp)
         t_stats = (time.perf_counter() - t0) / n
 
-        us, k_stars, t_k = [], [], []
-        for fact in facts:
-            t0 = time.perf_counter()
-            k_star = compute_k(self.model, self.tok, self.adapter, hp.layer, fact.prompt, fact.subject, templates,
-                               hp.fact_token)
-            k_stars.append(k_star)
-            us.append(rank_one.left_vector(k_star, solver))
-            t_k.append(time.perf_counter() - t0)
-
         t0 = time.perf_counter()
         requests = [VRequest(f.prompt, f.subject, tuple(target_token_ids(self.tok, f.rewrite_prompt, f.target_new)))
                     for f in facts]
         vs = compute_vs(self.model, self.tok, self.adapter, hp, requests, templates,
                         max_facts_per_chunk=self.max_facts_per_chunk, on_step=on_step)
         t_v = (time.perf_counter() - t0) / n
+
+        us, t_k = [], []
+        for v in vs:  # k* comes from compute_vs's first pass, which traces the same rows at that module
+            t0 = time.perf_counter()
+            us.append(rank_one.left_vector(v.k_star, solver))
+            t_k.append(time.perf_counter() - t0)
+        k_stars = [v.k_star for v in vs]
 
         plans = []
         for v, u, k_star, tk in zip(vs, us, k_stars, t_k):
@@ -203,17 +201,16 @@ class Editor:
         templates = self.context_templates(hp0)
         t_stats = (time.perf_counter() - t0) / n
         t0 = time.perf_counter()
-        keys = [compute_k(self.model, self.tok, self.adapter, hp0.layer, f.prompt, f.subject, templates,
-                          hp0.fact_token) for f in facts]  # k* depends on the layer only: once per fact
-        us = [rank_one.left_vector(k, solver) for k in keys]
-        t_k = (time.perf_counter() - t0) / n
-        t0 = time.perf_counter()
         requests = [VRequest(f.prompt, f.subject, tuple(target_token_ids(self.tok, f.rewrite_prompt, f.target_new)))
                     for f in facts]
         vs = compute_vs(self.model, self.tok, self.adapter, hp0, requests * len(hps), templates,
                         max_facts_per_chunk=self.max_facts_per_chunk, on_step=on_step,
                         knobs=[h for h in hps for _ in facts])
         t_v = (time.perf_counter() - t0) / n
+        t0 = time.perf_counter()
+        keys = [v.k_star for v in vs[:len(facts)]]  # k* depends on the layer only: the first setting's rows
+        us = [rank_one.left_vector(k, solver) for k in keys]
+        t_k = (time.perf_counter() - t0) / n
         out = []
         for i, hp in enumerate(hps):
             plans = []
@@ -315,5 +312,5 @@ class Editor:
                    "early_stopped": v.early_stopped, "update_norm": update_norm,
                    "division_factor": division_factor, "gen_entropy_pre": pre["gen_entropy"],
                    "gen_entropy": entropy, "gen_entropy_drop": pre["gen_entropy"] - entropy}
-        metrics["disabling_edit"] = is_disabling(metrics)
+        metrics["disabling_edit"] = self.disabling(metrics)
         return EditResult(fact.case_id, hp, metrics, v.trajectory, timings, templates)

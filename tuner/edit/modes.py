@@ -39,20 +39,20 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from tuner.errors import ConfigError
-from tuner.signals import checkpoint
-from tuner.rome import rank_one
-from tuner.plumbing.module_io import rewrite_weight
-from tuner.rome.compute_v import VRequest, VResult
-from tuner.metrics.counterfact import score_facts
-from tuner.metrics.stability import stability_metrics
-from tuner.metrics.fluency import fluency_prompts, generation_entropies
 from tuner.hparams import EditHParams
 from tuner.memit.plan import MemitPlan, memit_plan
 from tuner.memit.window import window
+from tuner.metrics.counterfact import score_facts
+from tuner.metrics.fluency import fluency_prompts, generation_entropies
+from tuner.metrics.stability import stability_metrics
+from tuner.plumbing.module_io import rewrite_weight
 from tuner.plumbing.tokens import target_token_ids
+from tuner.rome import rank_one
+from tuner.rome.compute_v import VRequest, VResult
+from tuner.signals import checkpoint
 
 if TYPE_CHECKING:
-    from tuner.edit.editor import EditResult, Editor
+    from tuner.edit.editor import Editor, EditResult
 
 MODES = ("independent", "batch", "sequential")
 OnStep = Callable[[int, list[float]], None]

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Literal
 from pathlib import Path
+from typing import Literal
 
 from tuner.errors import ConfigError
 from tuner.facts.schema import Fact, load_facts

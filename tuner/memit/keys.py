@@ -3,7 +3,6 @@ block ``top``'s output h at the bare prompt's fact token, in one pass stopped af
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch

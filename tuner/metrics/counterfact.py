@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from tuner.plumbing.adapters import Adapter
 from tuner.metrics.row_updates import RowUpdates
+from tuner.plumbing.adapters import Adapter
 from tuner.plumbing.tokens import encode, make_batch, pad_id_of, padding_side, target_logprobs_at, target_token_ids
 
 

@@ -28,12 +28,13 @@ import math
 from collections import Counter
 from collections.abc import Sequence
 from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from tuner.plumbing.adapters import Adapter
 from tuner.metrics.row_updates import RowUpdates
+from tuner.plumbing.adapters import Adapter
 from tuner.plumbing.tokens import accepts_position_ids, encode, forward_params, make_batch, pad_id_of, padding_side
 
 GEN_TOKENS = 16
@@ -136,3 +137,16 @@ def is_disabling(metrics: dict[str, Any], *, max_update_norm: float = MAX_UPDATE
         return True
     drop = (before - after) / before if before > 0 else 0.0
     return metrics["update_norm"] > max_update_norm or drop > max_entropy_drop
+
+
+@dataclass(frozen=True)
+class DisablingRule:
+    """The thresholds of the rule above, as one value an ``Editor`` carries: a study's own
+    (``objective.max_update_norm``, ``objective.max_entropy_drop``) wherever its edits are
+    scored — trials, references, held-out validation, ``tuner edit --config``."""
+
+    max_update_norm: float = MAX_UPDATE_NORM
+    max_entropy_drop: float = MAX_ENTROPY_DROP
+
+    def __call__(self, metrics: dict[str, Any]) -> bool:
+        return is_disabling(metrics, max_update_norm=self.max_update_norm, max_entropy_drop=self.max_entropy_drop)

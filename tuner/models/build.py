@@ -89,7 +89,7 @@ class BuildSpec:
 def make_tokenizer(sentences: list[str], prefix: tuple[str, ...] = ("<s>",)) -> Any:
     """Word-level tokenizer over the corpus; ``prefix`` tokens start every encoded text (BOS, or
     ChatGLM's ``[gMASK] <sop>``)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors, decoders
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     specials = ["<pad>", "<unk>", "<s>", "</s>", *[p for p in prefix if p != "<s>"]]
@@ -141,6 +141,7 @@ def train(spec: BuildSpec, kb: dict[str, Any], *, progress: bool = True, model: 
           tok: Any = None) -> tuple[Any, Any, list[str], dict[str, Any]]:
     """Train ``model`` (default: a fresh ``spec.arch`` model) on the knowledge base's corpus."""
     import transformers as tf
+
     from tuner.plumbing.tokens import encode, make_batch
 
     torch.manual_seed(spec.seed)
@@ -199,10 +200,10 @@ def verify_editability(model: Any, tok: Any, corpus: list[str], fingerprint: str
     """Per-layer edit success on a sample of the edit set; fails loudly below the bar."""
     from tqdm.auto import tqdm
 
-    from tuner.facts.schema import load_facts
-    from tuner.plumbing.adapters import detect_adapter
     from tuner.edit.editor import Editor
+    from tuner.facts.schema import load_facts
     from tuner.hparams import EditHParams, preset
+    from tuner.plumbing.adapters import detect_adapter
 
     facts = load_facts(spec.edits)[: spec.verify_edits]
     adapter = detect_adapter(model.config)

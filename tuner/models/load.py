@@ -8,11 +8,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-from collections.abc import Callable, Sequence
 
 from tuner.errors import ConfigError, TunerError
 from tuner.models.spec import ModelSpec
@@ -30,6 +29,8 @@ class LoadedModel:
     stats_texts: list[str]
     name: str
     device: str
+    disabling: Any = None
+    """The ``DisablingRule`` every editor on this model judges with (the study's; None: the defaults)."""
 
     @property
     def n_layers(self) -> int:
@@ -39,9 +40,11 @@ class LoadedModel:
         """An ``Editor`` on this model; ``stats_layers``: every layer the caller may edit (their
         statistics are computed together, in one pass, when the first is needed)."""
         from tuner.edit.editor import Editor
+        from tuner.metrics.fluency import DisablingRule
 
         return Editor(self.model, self.tok, self.adapter, fingerprint=self.fingerprint,
-                      stats_texts=self.stats_texts, progress=progress, stats_layers=stats_layers)
+                      stats_texts=self.stats_texts, progress=progress, stats_layers=stats_layers,
+                      disabling=self.disabling or DisablingRule())
 
 
 def pick_device(device: str) -> str:

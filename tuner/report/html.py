@@ -195,8 +195,8 @@ def write_report(study: Any, cfg: Any, out_dir: Path, *, x: str | None = None, y
                  metric: str = "value", top_k: int = 3) -> Path:
     """Build the figures, write the page, and store the figures in the study for the dashboard."""
     from tuner.errors import ConfigError
-    from tuner.report.dashboard import publish
     from tuner.hparams import KNOBS
+    from tuner.report.dashboard import publish
     from tuner.study.setup import metric_names
 
     for axis in (x, y):

@@ -9,8 +9,8 @@ from typing import Any
 import torch
 
 from tuner.plumbing.adapters import Adapter
-from tuner.rome.context import fill_template
 from tuner.plumbing.module_io import module_io_at
+from tuner.rome.context import fill_template
 
 
 def compute_k(

@@ -80,6 +80,7 @@ class VResult:
     trajectory: dict[str, list[float]]  # per forward pass: TRAJECTORY_KEYS
     selected_step: int  # the forward pass whose δ is v* − value_init
     early_stopped: bool  # the loss fell below hp.early_stop_loss before the last forward pass
+    k_star: torch.Tensor | None = None  # (d_ff,) k*: the key averaged over the rewrite rows (``compute_k``'s)
 
     @property
     def opt_final_prob(self) -> float:
@@ -162,7 +163,7 @@ class _Optimisation:
         """Keys, values, the KL reference and block L−1's output (replayed from now on): one
         no-grad pass over every fact's rows, in chunks."""
         n = self.n
-        keys, values, refs, kl_init = [None] * n, [None] * n, [None] * n, [None] * n
+        keys, values, refs, kl_init, k_stars = [None] * n, [None] * n, [None] * n, [None] * n, [None] * n
 
         def initial(part: list[int]) -> None:
             model, adapter, data, P = self.model, self.adapter, self.data, self.P
@@ -179,6 +180,8 @@ class _Optimisation:
                 bare = j * P  # row 0 of the fact is the bare prompt "{}"
                 col = data.edit_col[rows[bare]]
                 keys[f], values[f], refs[f] = x[bare, col].float(), y[bare, col].float(), h[bare, col].float()
+                ctx = torch.arange(bare, bare + self.R, device=x.device)  # the fact's rewrite rows
+                k_stars[f] = x[ctx, data.edit_col[rows[ctx]]].float().mean(0)  # k*, as compute_k reads it
                 kl_row = j * P + P - 1
                 kl_init[f] = logits[kl_row, data.edit_col[rows[kl_row]]].float().log_softmax(-1)
 
@@ -186,6 +189,7 @@ class _Optimisation:
         self.key, self.value_init = torch.stack(keys), torch.stack(values)  # (F, d_ff), (F, d_model)
         self.kl_ref = torch.stack(kl_init)  # (F, V)
         self.init_norm = torch.stack(refs).norm(dim=-1)  # (F,) ‖v₀‖, or ‖h‖ for MEMIT
+        self.k_star = k_stars
 
     # -- the optimisation ------------------------------------------------------------------------
     def optimise(self, on_step: Callable[[int, list[float]], Any] | None) -> None:
@@ -283,5 +287,5 @@ class _Optimisation:
             else:
                 selected, chosen = self.final_step[f], delta[f]
             out.append(VResult((self.value_init[f] + chosen).detach(), self.key[f], self.value_init[f], self.trajs[f],
-                               selected, self.stopped_early[f]))
+                               selected, self.stopped_early[f], self.k_star[f]))
         return out

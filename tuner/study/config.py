@@ -20,9 +20,9 @@ import yaml
 
 from tuner.errors import ConfigError
 from tuner.facts.selection import FactSpec
+from tuner.hparams import EditHParams
 from tuner.models.spec import ModelSpec
 from tuner.paths import resolve_path
-from tuner.hparams import EditHParams
 from tuner.strict import from_mapping, read_yaml
 from tuner.study.space import SearchSpace
 
@@ -168,11 +168,20 @@ class StudyConfig:
                              force=force, progress=progress)
 
     def load_model(self, *, device: str | None = None, progress: bool = True) -> Any:
-        """The study's model, loaded once (``tuner.models.load.LoadedModel``)."""
+        """The study's model, loaded once (``tuner.models.load.LoadedModel``); its editors judge
+        disabling edits with the study's thresholds."""
         from tuner.models.load import load_model
 
-        return load_model(self.model, resolve=self.resolve, edits=self.resolve(self.facts.path), device=device,
-                          progress=progress)
+        loaded = load_model(self.model, resolve=self.resolve, edits=self.resolve(self.facts.path), device=device,
+                            progress=progress)
+        loaded.disabling = self.disabling_rule()
+        return loaded
+
+    def disabling_rule(self) -> Any:
+        """The study's ``DisablingRule`` (``objective.max_update_norm``, ``objective.max_entropy_drop``)."""
+        from tuner.metrics.fluency import DisablingRule
+
+        return DisablingRule(self.objective.max_update_norm, self.objective.max_entropy_drop)
 
 
 def easyedit_only(hp: EditHParams, search: SearchSpace) -> tuple[EditHParams, SearchSpace]:

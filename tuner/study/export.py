@@ -13,9 +13,9 @@ from typing import Any
 import yaml
 
 from tuner.errors import StudyError
+from tuner.hparams import ANY, KNOBS, EditHParams
 from tuner.paths import atomic_write_text, storage_root
 from tuner.plumbing.adapters import Adapter
-from tuner.hparams import ANY, KNOBS, EditHParams
 from tuner.study.config import StudyConfig
 from tuner.study.space import SearchSpace
 

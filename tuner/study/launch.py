@@ -159,54 +159,17 @@ def launch(config: str, *, trials: int | None, study_name: str | None, url: str 
            create_only: bool = False, progress: bool = True, seed_from_trace: bool = False,
            threads: int | None = None, warm_start_from: str | None = None, widen_bounds: bool = False,
            batch_trials: int | str = "auto") -> Launched:
-    from tuner.study.setup import create_or_resume, validate_study
+    """Validate everything, create or resume the study, run the local workers until the budget
+    is met (or a signal, or a deletion) and report how they ended."""
+    from tuner.study.setup import create_or_resume
     from tuner.study.worker import count_trials
 
-    cfg = StudyConfig.load(config)
-    name = study_name or cfg.name
-    budget = trials if trials is not None else cfg.trials
-    if budget < 1:
-        raise ConfigError(f"--trials must be >= 1, got {budget}")
-    url = resolve_url(url)
-    if widen_bounds:
-        cfg, name, warm_start_from = widened(cfg, name, url)
-    validate_study(cfg, name)  # everything checked before any row or file is written
-    if not create_only:  # the directories the model cache, statistics, exports and reports go to
-        from tuner.study.setup import check_local_dirs
-
-        check_local_dirs(cfg, name)
-    plans = plan_workers(workers, threads)
-    from tuner.study.worker import parse_batch_trials
-
-    for plan in plans:
-        plan["batch_trials"] = str(parse_batch_trials(batch_trials))
-    if warm_start_from is not None:
-        from tuner.study.storage import sqlite_path
-
-        path = sqlite_path(url)
-        if path is not None and not path.exists():
-            raise StudyError(f"--warm-start-from {warm_start_from}: no database at {path}")
+    cfg, name, budget, url, warm_start_from = _checked(config, trials, study_name, url, widen_bounds,
+                                                      warm_start_from, create_only)
+    plans = _worker_plans(workers, threads, batch_trials)
     storage = make_storage(url)
-    trace = None
-    if seed_from_trace:
-        from tuner.study.storage import study_names
-
-        if name not in study_names(storage):  # seeding only matters when the study is created
-            from tuner.study.trace import run_trace
-
-            trace = run_trace(cfg, facts=max(10, cfg.facts.per_trial), noise=3.0, samples=10, window=None,
-                              seed=cfg.seed, progress=progress)
-            log.info("causal trace: top MLP layers %s (%d facts traced in %.1fs)", trace["top_mlp_layers"],
-                     trace["traced"], trace["seconds"])
-    warm = None
-    if warm_start_from is not None:
-        from tuner.study.setup import warm_start_params
-        from tuner.study.storage import study_names
-
-        if name not in study_names(storage):  # only a new study is warm-started
-            warm = warm_start_params(storage, url, warm_start_from)
-            log.info("warm start: %d trial(s) from study %r enqueued after the textbook setting", len(warm),
-                     warm_start_from)
+    trace, warm = _seeds(storage, cfg, name, url, seed_from_trace=seed_from_trace, warm_start_from=warm_start_from,
+                         progress=progress)
     study, created = create_or_resume(storage, url, cfg, name, budget, trace=trace, warm=warm)
     counts = count_trials(study)
     log.info("%s study %r in %s: %d/%d finished", "created" if created else "resuming", name, redact(url),
@@ -218,8 +181,76 @@ def launch(config: str, *, trials: int | None, study_name: str | None, url: str 
         return Launched(0, study, cfg, finished=False)
     if cfg.model.is_default:  # train once here, not in every worker at the same time
         cfg.build_default_model(progress=progress)
+    return _run_workers(storage, study, cfg, name, url, plans, budget, progress=progress)
+
+
+def _checked(config: str, trials: int | None, study_name: str | None, url: str | None, widen_bounds: bool,
+             warm_start_from: str | None, create_only: bool) -> tuple[StudyConfig, str, int, str, str | None]:
+    """(config, study name, budget, storage URL, warm start), every input checked before any row
+    or file is written."""
+    from tuner.study.setup import check_local_dirs, validate_study
+    from tuner.study.storage import sqlite_path
+
+    cfg = StudyConfig.load(config)
+    name = study_name or cfg.name
+    budget = trials if trials is not None else cfg.trials
+    if budget < 1:
+        raise ConfigError(f"--trials must be >= 1, got {budget}")
+    url = resolve_url(url)
+    if widen_bounds:
+        cfg, name, warm_start_from = widened(cfg, name, url)
+    validate_study(cfg, name)
+    if not create_only:  # the directories the model cache, statistics, exports and reports go to
+        check_local_dirs(cfg, name)
+    if warm_start_from is not None:
+        path = sqlite_path(url)
+        if path is not None and not path.exists():
+            raise StudyError(f"--warm-start-from {warm_start_from}: no database at {path}")
+    return cfg, name, budget, url, warm_start_from
+
+
+def _worker_plans(workers: str, threads: int | None, batch_trials: int | str) -> list[dict[str, str]]:
+    from tuner.study.worker import parse_batch_trials
+
+    plans = plan_workers(workers, threads)
+    for plan in plans:
+        plan["batch_trials"] = str(parse_batch_trials(batch_trials))
+    return plans
+
+
+def _seeds(storage: Any, cfg: StudyConfig, name: str, url: str, *, seed_from_trace: bool,
+           warm_start_from: str | None, progress: bool) -> tuple[dict | None, list | None]:
+    """What a *new* study starts from: the causal trace's layers and the warm-start trials (an
+    existing study is resumed as it is)."""
+    from tuner.study.storage import study_names
+
+    if not (seed_from_trace or warm_start_from is not None) or name in study_names(storage):
+        return None, None
+    trace = warm = None
+    if seed_from_trace:
+        from tuner.study.trace import run_trace
+
+        trace = run_trace(cfg, facts=max(10, cfg.facts.per_trial), noise=3.0, samples=10, window=None,
+                          seed=cfg.seed, progress=progress)
+        log.info("causal trace: top MLP layers %s (%d facts traced in %.1fs)", trace["top_mlp_layers"],
+                 trace["traced"], trace["seconds"])
+    if warm_start_from is not None:
+        from tuner.study.setup import warm_start_params
+
+        warm = warm_start_params(storage, url, warm_start_from)
+        log.info("warm start: %d trial(s) from study %r enqueued after the textbook setting", len(warm),
+                 warm_start_from)
+    return trace, warm
+
+
+def _run_workers(storage: Any, study: Any, cfg: StudyConfig, name: str, url: str, plans: list[dict[str, str]],
+                 budget: int, *, progress: bool) -> Launched:
+    """The local workers until they exit, with the progress bar; a signal stops them (their
+    trials re-queued), a deletion mark too."""
+    from tuner.study.worker import count_trials
+
+    counts = count_trials(study)
     workers: list[_Worker] = []
-    procs: list[subprocess.Popen] = []
     bar = tqdm(total=budget, initial=min(counts.finished, budget), desc=f"study {name}", unit="trial",
                disable=not progress, dynamic_ncols=True)
     deleted = False
@@ -231,22 +262,11 @@ def launch(config: str, *, trials: int | None, study_name: str | None, url: str 
             if counts.waiting or counts.finished + counts.running < budget:
                 workers = [_spawn(name, url, p, i, trust_remote_code=cfg.model.trust_remote_code)
                            for i, p in enumerate(plans)]
-                procs = [w.proc for w in workers]
-            while any(p.poll() is None for p in procs):
-                time.sleep(1.0)
-                checkpoint()
-                if _being_deleted(storage, study):
-                    deleted = True
-                    _wait_for_deletion_stop(procs)
-                    break
-                counts = count_trials(study)
-                bar.n = min(counts.finished, budget)
-                bar.set_postfix_str(_postfix(counts), refresh=False)
-                bar.refresh()
+            deleted = _poll(storage, study, [w.proc for w in workers], bar, budget)
             checkpoint()
     except (Interrupted, KeyboardInterrupt) as exc:
         bar.close()
-        _stop(procs)
+        _stop([w.proc for w in workers])
         code = getattr(exc, "exit_code", 130)
         print(f"\n{'terminated' if code == 143 else 'interrupted'}: workers stopped, their running trials failed and "
               f"queued again; rerun the same command to resume study {name!r}", file=sys.stderr)
@@ -255,7 +275,7 @@ def launch(config: str, *, trials: int | None, study_name: str | None, url: str 
         if not _being_deleted(storage, study):
             raise
         deleted = True
-        _wait_for_deletion_stop(procs)
+        _wait_for_deletion_stop([w.proc for w in workers])
     if deleted or _being_deleted(storage, study):
         bar.close()
         raise StudyDeleted(f"study {name!r} is being deleted (tuner delete): its workers stopped; nothing exported")
@@ -264,6 +284,24 @@ def launch(config: str, *, trials: int | None, study_name: str | None, url: str 
     bar.set_postfix_str(_postfix(counts))
     bar.close()
     return _outcome(study, cfg, workers, counts, budget)
+
+
+def _poll(storage: Any, study: Any, procs: list[subprocess.Popen], bar: Any, budget: int) -> bool:
+    """Update the bar every second while any worker runs; True when the study is being deleted
+    (the workers then stopped)."""
+    from tuner.study.worker import count_trials
+
+    while any(p.poll() is None for p in procs):
+        time.sleep(1.0)
+        checkpoint()
+        if _being_deleted(storage, study):
+            _wait_for_deletion_stop(procs)
+            return True
+        counts = count_trials(study)
+        bar.n = min(counts.finished, budget)
+        bar.set_postfix_str(_postfix(counts), refresh=False)
+        bar.refresh()
+    return False
 
 
 def _being_deleted(storage: Any, study: Any) -> bool:

@@ -18,10 +18,10 @@ from collections.abc import Callable
 from typing import Any
 
 from tuner.errors import EditError
-from tuner.signals import checkpoint
 from tuner.facts.schema import Fact
-from tuner.study.config import StudyConfig
 from tuner.metrics.scoring import Thresholds
+from tuner.signals import checkpoint
+from tuner.study.config import StudyConfig
 from tuner.study.space import SearchSpace
 
 STORED_METRICS = ("final_prob", "pre_prob", "true_prob", "efficacy", "paraphrase", "paraphrase_prob", "specificity",
@@ -71,6 +71,9 @@ class Objective:
     def __init__(self, cfg: StudyConfig, editor: Any, facts: list[Fact], space: SearchSpace, *,
                  fingerprint: str, device: str, thresholds: Thresholds | None = None) -> None:
         self.cfg, self.editor, self.facts, self.space = cfg, editor, facts, space
+        if editor.disabling != cfg.disabling_rule():
+            raise ValueError("the editor judges disabling edits with other thresholds than the study's "
+                             "(edit with cfg.load_model(), whose editors carry them)")
         self.thresholds = thresholds
         """The references' measures the relative guards compare with (``tuner.study.references``)."""
         self.fingerprint, self.device = fingerprint, device
@@ -161,7 +164,6 @@ class Objective:
         import optuna
 
         from tuner.edit.modes import run_trials
-        from tuner.study.references import judge_disabling
 
         K = len(self.facts)
         pruned: dict[int, Exception] = {}
@@ -186,7 +188,6 @@ class Objective:
             if i in pruned:
                 out[i] = pruned[i]
             else:
-                judge_disabling(self.cfg, results[slot])
                 out[i] = results[slot]
         return out
 
@@ -195,65 +196,48 @@ class Objective:
         """Run ``compute`` (the trial's edit results), store everything a trial records and
         return its value; on an error the reason is stored and the error raised. ``seconds``:
         the trial's share of a batch's wall time (default: the time ``compute`` took)."""
-        import optuna
+        from tuner.metrics.scoring import score_metrics
 
-        from tuner.study.notes import save_trial_note
-        from tuner.metrics.scoring import CONSTRAINT_NAMES, score_metrics
-
-        obj = self.cfg.objective
-        per_fact, trajectories, score = [], [], None
+        per_fact: list[dict[str, Any]] = []
+        trajectories: list[dict[str, list[float]]] = []
+        score = None
         t0 = time.perf_counter()
         try:
-            results = compute()
-            for i, (fact, result) in enumerate(zip(self.facts, results)):
-                if i == 0:
-                    trial.set_user_attr("context_templates", result.context_templates)
-                m = {k: _rounded(result.metrics[k]) for k in STORED_METRICS}
-                m.update({k: _rounded(result.metrics[k]) for k in AT_EDIT if k in result.metrics})
-                m["case_id"] = fact.case_id
-                m["seconds"] = m["compute_seconds"] = round(sum(result.timings.values()), 4)  # its share
-                if not math.isfinite(result.metrics["final_prob"]):
-                    raise EditError(f"non-finite probability on fact {fact.case_id}")
-                per_fact.append(m)
-                trajectories.append({"prob": [round(p, 4) for p in result.trajectory["prob"]],
-                                     "loss": [round(v, 4) for v in result.trajectory["loss"]]})
+            self._collect(trial, compute(), per_fact, trajectories)
         except BaseException as exc:
-            from optuna.exceptions import UpdateFinishedTrialError
-
-            if isinstance(exc, UpdateFinishedTrialError):
-                raise  # the trial was finished elsewhere: nothing more can be recorded on it
-            if not isinstance(exc, optuna.TrialPruned) and _still_running(trial):
-                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                if "out of memory" in reason.lower():
-                    reason = f"out of memory: {reason}"
-                trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {reason}"[:500])
+            _record_failure(trial, exc)
             raise
         finally:
             if per_fact:
-                score = score_metrics(per_fact, obj, self.thresholds)
+                score = score_metrics(per_fact, self.cfg.objective, self.thresholds)
             # a trial failed elsewhere meanwhile (judged stale while this worker was frozen or cut
             # off) gets nothing more: its retry is another trial, and run_trial drops this result
             if _still_running(trial):
-                trial.set_user_attr("per_fact", per_fact)
-                trial.set_user_attr("trajectory", trajectories)
-                trial.set_user_attr("seconds", round(seconds if seconds is not None else time.perf_counter() - t0, 3))
-                trial.set_user_attr("compute_seconds", round(sum(m["compute_seconds"] for m in per_fact), 3))
-                if score is not None:
-                    trial.set_user_attr("score", score.to_dict())
-                    constraint = list(score.constraints)
-                    trial.set_user_attr(CONSTRAINTS, constraint)  # what tuner's own best-trial logic reads
-                    if hasattr(trial, "set_constraint"):  # Optuna ≥ 5: what its samplers read
-                        for name, value in zip(CONSTRAINT_NAMES, constraint):
-                            trial.set_constraint(name, value)
-                    save_trial_note(trial, per_fact, hp)
-                    n = len(per_fact)
-                    mean = {k: _rounded(sum(m[k] or 0.0 for m in per_fact) / n) for k in MEAN_METRICS}
-                    kept = [m["efficacy"] for m in per_fact if m.get("efficacy_at_edit")]
-                    if kept:  # sequential: of the facts edited successfully, the share still edited at the end
-                        mean["retention"] = _rounded(sum(kept) / len(kept))
-                    trial.set_user_attr("mean", mean)
+                _store(trial, hp, per_fact, trajectories, score,
+                       round(seconds if seconds is not None else time.perf_counter() - t0, 3))
         if score is None:  # no fact was edited (an empty fact list is refused at launch)
             raise EditError("no fact was edited")
+        return self._value(score, per_fact)
+
+    def _collect(self, trial: Any, results: list[Any], per_fact: list[dict[str, Any]],
+                 trajectories: list[dict[str, list[float]]]) -> None:
+        """Each fact's stored metrics and rounded trajectory, appended as they are read (a
+        failure on a later fact keeps the earlier ones)."""
+        for i, (fact, result) in enumerate(zip(self.facts, results)):
+            if i == 0:
+                trial.set_user_attr("context_templates", result.context_templates)
+            m = {k: _rounded(result.metrics[k]) for k in STORED_METRICS}
+            m.update({k: _rounded(result.metrics[k]) for k in AT_EDIT if k in result.metrics})
+            m["case_id"] = fact.case_id
+            m["seconds"] = m["compute_seconds"] = round(sum(result.timings.values()), 4)  # its share
+            if not math.isfinite(result.metrics["final_prob"]):
+                raise EditError(f"non-finite probability on fact {fact.case_id}")
+            per_fact.append(m)
+            trajectories.append({"prob": [round(p, 4) for p in result.trajectory["prob"]],
+                                 "loss": [round(v, 4) for v in result.trajectory["loss"]]})
+
+    def _value(self, score: Any, per_fact: list[dict[str, Any]]) -> float | tuple[float, float]:
+        obj = self.cfg.objective
         if obj.multi_objective:
             from tuner.metrics.scoring import RESOLUTION, stability_value
 
@@ -261,3 +245,46 @@ class Objective:
             return (round(stability, RESOLUTION),
                     round(score.specificity, RESOLUTION) if score.specificity is not None else 1.0)
         return score.value
+
+
+def _record_failure(trial: Any, exc: BaseException) -> None:
+    """The one-line reason of a failed trial, on the trial (not for a pruned one, nor one that
+    another worker finished meanwhile: that error is raised as it is)."""
+    import optuna
+    from optuna.exceptions import UpdateFinishedTrialError
+
+    if isinstance(exc, UpdateFinishedTrialError):
+        return  # the trial was finished elsewhere: nothing more can be recorded on it
+    if not isinstance(exc, optuna.TrialPruned) and _still_running(trial):
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "out of memory" in reason.lower():
+            reason = f"out of memory: {reason}"
+        trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {reason}"[:500])
+
+
+def _store(trial: Any, hp: Any, per_fact: list[dict[str, Any]], trajectories: list[dict[str, list[float]]],
+           score: Any, seconds: float) -> None:
+    """Everything a trial records: per-fact metrics, trajectories, timings, and with a score
+    its constraints (for tuner and for Optuna's samplers), note and means."""
+    from tuner.metrics.scoring import CONSTRAINT_NAMES
+    from tuner.study.notes import save_trial_note
+
+    trial.set_user_attr("per_fact", per_fact)
+    trial.set_user_attr("trajectory", trajectories)
+    trial.set_user_attr("seconds", seconds)
+    trial.set_user_attr("compute_seconds", round(sum(m["compute_seconds"] for m in per_fact), 3))
+    if score is None:
+        return
+    trial.set_user_attr("score", score.to_dict())
+    constraint = list(score.constraints)
+    trial.set_user_attr(CONSTRAINTS, constraint)  # what tuner's own best-trial logic reads
+    if hasattr(trial, "set_constraint"):  # Optuna ≥ 5: what its samplers read
+        for name, value in zip(CONSTRAINT_NAMES, constraint):
+            trial.set_constraint(name, value)
+    save_trial_note(trial, per_fact, hp)
+    n = len(per_fact)
+    mean = {k: _rounded(sum(m[k] or 0.0 for m in per_fact) / n) for k in MEAN_METRICS}
+    kept = [m["efficacy"] for m in per_fact if m.get("efficacy_at_edit")]
+    if kept:  # sequential: of the facts edited successfully, the share still edited at the end
+        mean["retention"] = _rounded(sum(kept) / len(kept))
+    trial.set_user_attr("mean", mean)

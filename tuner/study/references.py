@@ -26,22 +26,11 @@ def reference_settings(base: EditHParams, family: str, n_layers: int) -> list[tu
 
 
 def edit_metrics(editor: Any, cfg: Any, facts: Sequence[Any], hp: EditHParams, **kwargs: Any) -> list[dict]:
-    """Every fact edited with ``hp`` in the study's mode; ``disabling_edit`` judged with the
-    study's own thresholds (the one place it is set)."""
+    """Every fact edited with ``hp`` in the study's mode (``disabling_edit`` judged by the
+    editor's rule: the study's thresholds, ``StudyConfig.load_model``)."""
     from tuner.edit.modes import run_edits
 
-    results = run_edits(editor, facts, hp, cfg.facts.mode, **kwargs)
-    judge_disabling(cfg, results)
-    return results
-
-
-def judge_disabling(cfg: Any, results: Sequence[Any]) -> None:
-    """``disabling_edit`` with the study's thresholds (every scoring path goes through here)."""
-    from tuner.metrics.fluency import is_disabling
-
-    for r in results:
-        r.metrics["disabling_edit"] = is_disabling(r.metrics, max_update_norm=cfg.objective.max_update_norm,
-                                                   max_entropy_drop=cfg.objective.max_entropy_drop)
+    return run_edits(editor, facts, hp, cfg.facts.mode, **kwargs)
 
 
 def measure(editor: Any, cfg: Any, facts: Sequence[Any], family: str) -> dict[str, Any]:

@@ -22,6 +22,7 @@ import time
 from typing import Any
 
 from optuna.storages import RDBStorage
+
 from tuner.signals import checkpoint
 
 log = logging.getLogger(__name__)

@@ -177,8 +177,8 @@ def startup_params(cfg: StudyConfig, space: SearchSpace, budget: int,
     most a fifth of the budget, so retried trials (queued behind them) still run."""
     import optuna
 
-    from tuner.models.load import model_adapter
     from tuner.hparams import easyedit_preset_name, preset
+    from tuner.models.load import model_adapter
 
     out = []
     if space.dimensions:  # warm start: the settings users start from come first, so the sampler learns from them

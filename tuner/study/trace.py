@@ -11,8 +11,8 @@ from tuner.study.config import StudyConfig
 
 def run_trace(cfg: StudyConfig, *, facts: int, noise: float, samples: int, window: int | None, seed: int,
               device: str | None = None, progress: bool = True) -> dict[str, Any]:
-    from tuner.facts.schema import load_facts
     from tuner.analysis.causal_trace import check_trace_options, per_layer_effects, trace_facts
+    from tuner.facts.schema import load_facts
 
     check_trace_options(noise=noise, facts=facts, samples=samples)  # before the model loads
     loaded = cfg.load_model(device=device, progress=progress)

@@ -21,10 +21,10 @@ from tqdm.auto import tqdm
 
 from tuner.errors import ConfigError, EditError
 from tuner.hparams import EditHParams
+from tuner.metrics.scoring import Thresholds, score_metrics, score_unedited
 from tuner.study.config import StudyConfig
 from tuner.study.export import HOLDOUT, best_trial, ranked_trials
 from tuner.study.references import UNEDITED, edit_metrics, reference_settings
-from tuner.metrics.scoring import Thresholds, score_metrics, score_unedited
 
 log = logging.getLogger(__name__)
 COLUMNS = ("value", "efficacy", "paraphrase", "specificity", "S", "final_prob", "rebound", "disabling")

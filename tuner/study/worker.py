@@ -255,7 +255,6 @@ def run_batch(study: Any, objective: Any, reserved: list[tuple[Any, Heartbeat]],
     (``Objective.batch``) and tell Optuna each outcome, as ``run_trial`` does for one. An
     interrupt fails every trial of the batch and queues each again; any other error in the
     shared work runs the trials one by one, so only the trial at fault fails."""
-    import optuna
     from optuna.trial import TrialState
 
     from tuner.signals import Interrupted, checkpoint, deferred_signals
@@ -444,10 +443,65 @@ def _study_gone(url: str, name: str) -> bool:
 
 def _work(url: str, name: str, *, device: str | None, threads: int | None, quiet: bool, seed_offset: int | None,
           trust_remote_code: bool, checkpoint: Any, batch_trials: int | str = 1) -> int:
+    """Join the study, then run trials (one at a time, or in batches) until its budget is met."""
+    from tuner.study.budget import BudgetLock
+
+    study, storage, objective, n_batch = _join(url, name, device=device, threads=threads, quiet=quiet,
+                                               seed_offset=seed_offset, trust_remote_code=trust_remote_code,
+                                               checkpoint=checkpoint, batch_trials=batch_trials)
+    lock = BudgetLock(storage, url, name)
+    budget = budget_of(study)
+    ran, failures = 0, 0
+    while True:
+        checkpoint()
+        reserved = reserve(study, storage, lock, budget)
+        if reserved is None:
+            break
+        if reserved == DELETED:
+            STUDY_DELETED.set()
+            raise _Deleted()
+        if reserved == WAIT:
+            # Other workers hold the rest of the budget. Wait: if one of them dies, its trial goes
+            # stale, is failed here and re-enqueued as WAITING, and this worker runs it.
+            time.sleep(POLL_SECONDS)
+            budget = budget_of(study)
+            continue
+        if n_batch > 1:
+            batch, hps = reserve_batch(study, storage, lock, budget, objective, reserved, n_batch)
+            done = run_batch(study, objective, batch, hps) if batch else []
+        else:
+            trial, heartbeat = reserved
+            objective.current = trial.number
+            done = [run_trial(study, objective, trial, heartbeat)]
+        ran += len(done)
+        failures = _count_failures(done, failures)
+    log.info("worker %d done: ran %d trials", os.getpid(), ran)
+    return ran
+
+
+def _count_failures(done: list[Any], failures: int) -> int:
+    """Consecutive failed trials after ``done``; too many in a row stop the worker."""
+    import optuna
+
+    for frozen in done:
+        if frozen.state != optuna.trial.TrialState.FAIL:
+            failures = 0
+            continue
+        failures += 1
+        if failures >= MAX_CONSECUTIVE_FAILURES:
+            reason = frozen.user_attrs.get("fail_reason", "see the trial attributes")
+            raise TunerError(f"{failures} trials in a row failed; last reason: {reason}")
+    return failures
+
+
+def _join(url: str, name: str, *, device: str | None, threads: int | None, quiet: bool, seed_offset: int | None,
+          trust_remote_code: bool, checkpoint: Any, batch_trials: int | str) -> tuple[Any, Any, Any, int]:
+    """(study, storage, objective, trials per batch): the config read from the study, the model
+    loaded once, the references measured once per study."""
     import optuna
     import torch
 
-    from tuner.study.budget import BudgetLock
+    from tuner.study import references
     from tuner.study.objective import Objective
     from tuner.study.setup import bound_space, load_existing, make_pruner, make_sampler
     from tuner.study.storage import make_storage
@@ -473,47 +527,11 @@ def _work(url: str, name: str, *, device: str | None, threads: int | None, quiet
     study = optuna.load_study(study_name=name, storage=storage,
                               sampler=make_sampler(cfg, seed=cfg.seed + offset), pruner=make_pruner(cfg))
     checkpoint()
-    from tuner.study import references
-
     thresholds = references.ensure(study, cfg, editor, facts, loaded.adapter.family)  # the relative guards
     checkpoint()
     objective = Objective(cfg, editor, facts, space, fingerprint=loaded.fingerprint, device=loaded.device,
                           thresholds=thresholds)
-    batch_trials = trials_per_batch(batch_trials, loaded.device, len(facts), loaded.model.config)
+    n_batch = trials_per_batch(batch_trials, loaded.device, len(facts), loaded.model.config)
     log.info("worker %d on %s joined study %r (%d facts per trial%s)", os.getpid(), loaded.device, name, len(facts),
-             f", {batch_trials} trials per batch" if batch_trials > 1 else "")
-    lock = BudgetLock(storage, url, name)
-    budget = budget_of(study)
-    ran, failures = 0, 0
-    while True:
-        checkpoint()
-        reserved = reserve(study, storage, lock, budget)
-        if reserved is None:
-            break
-        if reserved == DELETED:
-            STUDY_DELETED.set()
-            raise _Deleted()
-        if reserved == WAIT:
-            # Other workers hold the rest of the budget. Wait: if one of them dies, its trial goes
-            # stale, is failed here and re-enqueued as WAITING, and this worker runs it.
-            time.sleep(POLL_SECONDS)
-            budget = budget_of(study)
-            continue
-        if batch_trials > 1:
-            batch, hps = reserve_batch(study, storage, lock, budget, objective, reserved, batch_trials)
-            done = run_batch(study, objective, batch, hps) if batch else []
-        else:
-            trial, heartbeat = reserved
-            objective.current = trial.number
-            done = [run_trial(study, objective, trial, heartbeat)]
-        for frozen in done:
-            ran += 1
-            if frozen.state == optuna.trial.TrialState.FAIL:
-                failures += 1
-                if failures >= MAX_CONSECUTIVE_FAILURES:
-                    reason = frozen.user_attrs.get("fail_reason", "see the trial attributes")
-                    raise TunerError(f"{failures} trials in a row failed; last reason: {reason}")
-            else:
-                failures = 0
-    log.info("worker %d done: ran %d trials", os.getpid(), ran)
-    return ran
+             f", {n_batch} trials per batch" if n_batch > 1 else "")
+    return study, storage, objective, n_batch
