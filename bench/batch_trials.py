@@ -78,7 +78,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     cfg = StudyConfig.load(args.config)
     loaded = cfg.load_model(device=args.device, progress=False)
-    editor = loaded.editor(progress=False)
+    editor = loaded.editor(progress=False, disabling=cfg.disabling_rule())
     space = bound_space(cfg)
     facts = cfg.select_facts()
     objective = Objective(cfg, editor, facts, space, fingerprint=loaded.fingerprint, device=loaded.device)

@@ -78,7 +78,7 @@ def judge(cfg_path: Path, exported: Path) -> dict:
     hp = StudyConfig.load(exported).hparams
     facts = cfg.select_holdout()
     loaded = cfg.load_model(device="cpu", progress=False)
-    editor = loaded.editor(progress=False)
+    editor = loaded.editor(progress=False, disabling=cfg.disabling_rule())
     settings = [("exported", hp), *reference_settings(cfg.hparams, loaded.adapter.family, editor.n_layers)]
     measured = {label: [r.metrics for r in edit_metrics(editor, cfg, facts, h)] for label, h in settings}
     unedited = score_unedited(measured["exported"], cfg.objective)

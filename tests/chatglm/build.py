@@ -71,3 +71,31 @@ def build_tiny_chatglm(out: Path, kb: Any, *, size: dict[str, int] | None = None
     (out / "corpus.txt").write_text("\n".join(docs) + "\n")
     assert info["accuracy"] >= 0.95, info
     return out
+
+
+def cached_tiny_chatglm(kb: Any) -> Path:
+    """``build_tiny_chatglm`` at the default size on the default fact corpus (``kb``, read from
+    studies/facts/synthetic_kb.json), built once per version of its inputs (this folder's code,
+    that file, ``SIZE``) under ``storage/testbeds/`` and reused read-only: training is
+    deterministic, so a cached build is the build."""
+    import hashlib
+    import tempfile
+
+    from filelock import FileLock
+
+    from tests.workspace import ROOT
+
+    digest = hashlib.sha256()
+    for f in ("build.py", "configuration_chatglm.py", "modeling_chatglm.py"):
+        digest.update((HERE / f).read_bytes())
+    digest.update((ROOT / "studies/facts/synthetic_kb.json").read_bytes())
+    digest.update(json.dumps(SIZE, sort_keys=True).encode())
+    root = ROOT / "storage" / "testbeds"
+    root.mkdir(parents=True, exist_ok=True)
+    out = root / f"chatglm3-tiny-{digest.hexdigest()[:12]}"
+    with FileLock(str(out) + ".lock"):
+        if not (out / "model.safetensors").is_file():
+            with tempfile.TemporaryDirectory(dir=root) as tmp:
+                build_tiny_chatglm(Path(tmp) / "model", kb)
+                (Path(tmp) / "model").rename(out)
+    return out

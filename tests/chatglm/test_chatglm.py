@@ -14,10 +14,10 @@ from tests.conftest import ROOT, run_cli
 
 
 @pytest.fixture(scope="module")
-def chatglm_dir(tmp_path_factory, kb):
-    from tests.chatglm.build import build_tiny_chatglm
+def chatglm_dir(kb):
+    from tests.chatglm.build import cached_tiny_chatglm
 
-    return build_tiny_chatglm(tmp_path_factory.mktemp("chatglm3-tiny"), kb)
+    return cached_tiny_chatglm(kb)
 
 
 def _study(tmp_path, model_dir, trust=True):

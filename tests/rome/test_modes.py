@@ -37,7 +37,8 @@ def _weights(model):
     return {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
-@pytest.mark.parametrize("method", ["rome", "memit", "hybrid"])
+@pytest.mark.parametrize("method", ["rome", pytest.param("memit", marks=pytest.mark.slow),
+                                    pytest.param("hybrid", marks=pytest.mark.slow)])
 def test_every_mode_restores_the_weights_also_when_interrupted(editor, facts, method):
     before = _weights(editor.model)
     for mode in MODES:
@@ -56,6 +57,7 @@ def test_every_mode_restores_the_weights_also_when_interrupted(editor, facts, me
             assert all(torch.equal(before[n], p) for n, p in editor.model.named_parameters()), (method, mode)
 
 
+@pytest.mark.slow
 def test_batch_rome_is_the_rank_one_updates_applied_together(editor, facts):
     from tuner.metrics.counterfact import score_facts
     from tuner.rome.rank_one import weight_update
@@ -72,6 +74,7 @@ def test_batch_rome_is_the_rank_one_updates_applied_together(editor, facts):
     assert got != pytest.approx(alone, abs=1e-4)  # the other edits are present in batch mode
 
 
+@pytest.mark.slow
 def test_sequential_rome_over_20_facts_reports_retention(editor, facts):
     results = run_edits(editor, facts[:20], _hp(editor), "sequential")
     assert len(results) == 20
@@ -84,6 +87,7 @@ def test_sequential_rome_over_20_facts_reports_retention(editor, facts):
     assert sum(bool(r.metrics["efficacy_at_edit"]) for r in results) >= 10  # enough edits for retention to mean something
 
 
+@pytest.mark.slow
 def test_hybrid_rule_decides_the_memit_pass(editor, facts):
     group = facts[:4]
     always = run_edits(editor, group, _hp(editor, method="hybrid", hybrid_min_prob=1.01), "independent")

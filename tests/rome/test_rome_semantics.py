@@ -60,6 +60,7 @@ def test_last_step_takes_no_optimiser_step(tiny_editor, facts):
     assert v.trajectory["delta_norm"][0] == 0.0
 
 
+@pytest.mark.slow
 def test_v_select_best_returns_the_peak_iterate(default_model, facts):
     """On the rebound setting the last iterate falls back; ``best`` keeps the peak. The fact is
     the one of the first 12 that rebounds most (which one depends on the built model)."""
@@ -97,6 +98,7 @@ def test_r_rome_maps_k_star_to_v_star(tiny_editor, facts, model_type):
     assert (out_rome - rome_plan.v_star).norm() / rome_plan.v_star.norm() > 1e-3
 
 
+@pytest.mark.slow
 def test_collapse_metrics_flag_a_destroyed_edit_not_a_good_one(default_model, facts):
     ed = default_model.editor(progress=False)
     good = EditHParams(layer=1, v_num_grad_steps=60, v_lr=0.5, v_weight_decay=1e-3, kl_factor=0.01,

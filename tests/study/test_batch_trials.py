@@ -13,7 +13,7 @@ def _objective(default_model, cfg, **kwargs):
     from tuner.study.objective import Objective
     from tuner.study.setup import bound_space
 
-    editor = default_model.editor(progress=False)
+    editor = default_model.editor(progress=False, disabling=cfg.disabling_rule())
     return Objective(cfg, editor, cfg.select_facts(), bound_space(cfg), fingerprint=default_model.fingerprint,
                      device="cpu", **kwargs)
 

@@ -132,6 +132,7 @@ def test_launch_on_the_test_bed_exports_a_real_edit_and_says_how_it_compares(tmp
     assert "id='verdict'" in page and "Efficacy–specificity trade-off" in page
 
 
+@pytest.mark.slow
 def test_a_reference_that_beats_every_trial_is_the_export(tmp_path, default_model):
     """One tuned trial that barely edits (2 steps): on the held-out facts the references beat it,
     so the export is the best reference, and the verdict says so."""

@@ -4,6 +4,7 @@ optimisation steps, and a pruned trial stops its optimisation there (no evaluati
 from __future__ import annotations
 
 import optuna
+import pytest
 
 from tests.conftest import run_cli
 from tests.study.conftest import write_study
@@ -12,6 +13,7 @@ from tuner.study.objective import PRUNE_EVERY
 States = optuna.trial.TrialState
 
 
+@pytest.mark.slow
 def test_pruned_trials_stop_during_the_optimisation(tmp_path, env):
     cfg = write_study(tmp_path / "small.yaml", search={"v_num_grad_steps": {"low": 15, "high": 40}})
     url = f"sqlite:///{tmp_path / 'tuner.db'}"
@@ -32,6 +34,7 @@ def test_pruned_trials_stop_during_the_optimisation(tmp_path, env):
     assert all(len(t.user_attrs["per_fact"]) == 3 for t in complete)
 
 
+@pytest.mark.slow
 def test_wilcoxon_pruner_pairs_facts_after_the_warmup(tmp_path, env):
     """pruner: wilcoxon reports each fact's P(new) once, after pruner_warmup forward passes, with the
     fact's index as the step (the facts are the paired instances of the signed-rank test)."""

@@ -115,6 +115,7 @@ def test_specificity_guards_relative_and_absolute():
     assert constraints([fact(1.0, eff=0.0), fact(1.0)], obj, refs)[names["non_edit"]] < 0
 
 
+@pytest.mark.slow
 def test_warm_start_from_another_study(tmp_path, env):
     """--warm-start-from enqueues the other study's best feasible trials (clipped into this
     space) right after the textbook setting; an unknown study is one line, exit 2."""

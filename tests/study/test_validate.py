@@ -30,6 +30,7 @@ def test_holdout_is_disjoint_deterministic_and_leaves_the_tuning_facts_alone():
         too_many.select_facts()
 
 
+@pytest.mark.slow
 def test_launch_validates_on_holdout_and_tuner_validate_stores_the_table(tmp_path, env):
     import optuna
     import yaml

@@ -45,10 +45,6 @@ class FactTrace:
         return asdict(self)
 
 
-def _view(t: torch.Tensor, seq_first: bool) -> torch.Tensor:
-    return t.transpose(0, 1) if seq_first else t  # (B, T, d)
-
-
 @torch.no_grad()
 def trace_fact(model: Any, tok: Any, adapter: Adapter, *, case_id: int, prompt: str, subject: str, answer: str,
                noise: float, samples: int, window: int, generator: torch.Generator) -> FactTrace:
@@ -65,7 +61,7 @@ def trace_fact(model: Any, tok: Any, adapter: Adapter, *, case_id: int, prompt: 
     eps = torch.randn((samples, span, embed.weight.shape[1]), generator=generator) * (noise * std)  # (S, n_subj, d)
 
     def corrupt(out: torch.Tensor, _m: Any) -> torch.Tensor:
-        v = _view(out, adapter.seq_first)
+        v = adapter.batch_first(out)
         v[1:, first : last + 1] += eps.to(device=v.device, dtype=v.dtype)
         return out
 
@@ -73,7 +69,7 @@ def trace_fact(model: Any, tok: Any, adapter: Adapter, *, case_id: int, prompt: 
         """(clean, mean corrupted) P(answer) with ``modules``' outputs at ``tokens`` restored from row 0."""
 
         def restore(out: torch.Tensor, _m: Any) -> torch.Tensor:
-            v = _view(out, adapter.seq_first)
+            v = adapter.batch_first(out)
             v[1:, tokens] = v[0, tokens]
             return out
 

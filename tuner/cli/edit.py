@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     changes = {name: getattr(args, name) for name in KNOBS if getattr(args, name, UNSET) is not UNSET}
     hp = cfg.hparams.replace(**changes)
     loaded = cfg.load_model(device=args.device, progress=not args.json)
-    editor = loaded.editor(progress=not args.json)
+    editor = loaded.editor(progress=not args.json, disabling=cfg.disabling_rule())
     # the study's scoring path: disabling judged with its thresholds, its objective and S
     result = edit_metrics(editor, cfg, [fact], hp)[0]  # checks the layer (and MEMIT's window) first
     score = score_metrics([result.metrics], cfg.objective)

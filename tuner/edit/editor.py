@@ -26,6 +26,7 @@ from tuner.facts.schema import Fact
 from tuner.hparams import EditHParams
 from tuner.metrics.counterfact import edit_metrics, score_fact, score_facts
 from tuner.metrics.fluency import DisablingRule, fluency_prompts, generation_entropies, generation_entropy
+from tuner.metrics.record import EditMetrics
 from tuner.metrics.row_updates import RowUpdates
 from tuner.metrics.stability import stability_metrics
 from tuner.paths import storage_root
@@ -42,7 +43,7 @@ from tuner.rome.layer_stats import second_moment
 class EditResult:
     case_id: int
     hparams: EditHParams
-    metrics: dict[str, Any]
+    metrics: EditMetrics  # every key declared in tuner.metrics.record
     trajectory: dict[str, list[float]]
     timings: dict[str, float] = field(default_factory=dict)
     context_templates: list[str] = field(default_factory=list)
@@ -146,6 +147,11 @@ class Editor:
             }
         return self._pre[fact]
 
+    def requests(self, facts: Sequence[Fact]) -> list[VRequest]:
+        """What v* is optimised for, per fact: its prompt, subject and new target's token ids."""
+        return [VRequest(f.prompt, f.subject, tuple(target_token_ids(self.tok, f.rewrite_prompt, f.target_new)))
+                for f in facts]
+
     # -- the edit ------------------------------------------------------------------------
     def plan(self, fact: Fact, hp: EditHParams) -> EditPlan:
         return self.plan_many([fact], hp)[0]
@@ -162,8 +168,7 @@ class Editor:
         t_stats = (time.perf_counter() - t0) / n
 
         t0 = time.perf_counter()
-        requests = [VRequest(f.prompt, f.subject, tuple(target_token_ids(self.tok, f.rewrite_prompt, f.target_new)))
-                    for f in facts]
+        requests = self.requests(facts)
         vs = compute_vs(self.model, self.tok, self.adapter, hp, requests, templates,
                         max_facts_per_chunk=self.max_facts_per_chunk, on_step=on_step)
         t_v = (time.perf_counter() - t0) / n
@@ -201,8 +206,7 @@ class Editor:
         templates = self.context_templates(hp0)
         t_stats = (time.perf_counter() - t0) / n
         t0 = time.perf_counter()
-        requests = [VRequest(f.prompt, f.subject, tuple(target_token_ids(self.tok, f.rewrite_prompt, f.target_new)))
-                    for f in facts]
+        requests = self.requests(facts)
         vs = compute_vs(self.model, self.tok, self.adapter, hp0, requests * len(hps), templates,
                         max_facts_per_chunk=self.max_facts_per_chunk, on_step=on_step,
                         knobs=[h for h in hps for _ in facts])
@@ -265,24 +269,31 @@ class Editor:
         (``compute_vs``)."""
         return self.evaluate_many(facts, hp, self.plan_many(facts, hp, on_step=on_step))
 
-    def evaluate_many(self, facts: Sequence[Fact], hp: EditHParams, plans: Sequence[EditPlan]) -> list[EditResult]:
+    def evaluate_many(self, facts: Sequence[Fact], hp: EditHParams, plans: Sequence[EditPlan], *,
+                      keep: Callable[[int, dict[str, Any]], bool] | None = None) -> list[EditResult | None]:
         """``evaluate`` for every fact at once: each batch row sees its own fact's rank-one
-        update (``RowUpdates``), so K edits are scored in the batches of one."""
+        update (``RowUpdates``), so K edits are scored in the batches of one. ``keep(i, post)``
+        (the hybrid's test on fact i's scores): only the kept facts get their fluency measured and
+        a result; the others are ``None``."""
         pres = [self.pre_scores(f) for f in facts]
         t0 = time.perf_counter()
-        edits = RowUpdates(self.model, self.adapter, hp.layer,
-                                    torch.stack([rank_one.lambda_of(p.delta_w, p.u) for p in plans]),
-                                    torch.stack([p.u for p in plans]))
-        posts = score_facts(self.model, self.tok, self.adapter, facts, edits=edits)
-        entropies = generation_entropies(self.model, self.tok, self.adapter, [fluency_prompts(f) for f in facts],
-                                         edits=edits)
+        posts = score_facts(self.model, self.tok, self.adapter, facts, edits=self._row_updates(hp, plans))
+        kept = [i for i, post in enumerate(posts) if keep is None or keep(i, post)]
+        entropies = dict(zip(kept, generation_entropies(
+            self.model, self.tok, self.adapter, [fluency_prompts(facts[i]) for i in kept],
+            edits=self._row_updates(hp, [plans[i] for i in kept])))) if kept else {}
         t_eval = (time.perf_counter() - t0) / len(facts)
         weight_norm = rewrite_weight(self.model, self.adapter, hp.layer).detach().double().norm()
-        results = []
-        for fact, plan, pre, post, entropy in zip(facts, plans, pres, posts, entropies):
-            plan.timings["eval"] = t_eval
-            results.append(self._result(fact, hp, plan, pre, post, entropy, float(plan.delta_w.norm() / weight_norm)))
+        results: list[EditResult | None] = [None] * len(facts)
+        for i in kept:
+            plans[i].timings["eval"] = t_eval
+            results[i] = self._result(facts[i], hp, plans[i], pres[i], posts[i], entropies[i],
+                                      float(plans[i].delta_w.norm() / weight_norm))
         return results
+
+    def _row_updates(self, hp: EditHParams, plans: Sequence[EditPlan]) -> RowUpdates:
+        lams = torch.stack([rank_one.lambda_of(p.delta_w, p.u) for p in plans])
+        return RowUpdates(self.model, self.adapter, hp.layer, lams, torch.stack([p.u for p in plans]))
 
     def evaluate(self, fact: Fact, hp: EditHParams, plan: EditPlan) -> EditResult:
         """Apply ``plan``, score the edited model, restore the weights."""
@@ -308,7 +319,7 @@ class Editor:
                timings: dict[str, float]) -> EditResult:
         """An edit's metrics from its scores before (``pre_scores``) and after, its optimisation
         and the size of the update (``tuner.edit.modes`` builds them for every method and mode)."""
-        metrics = {**edit_metrics(pre["scores"], post), **stability_metrics(v.trajectory, v.selected_step),
+        metrics: EditMetrics = {**edit_metrics(pre["scores"], post), **stability_metrics(v.trajectory, v.selected_step),
                    "early_stopped": v.early_stopped, "update_norm": update_norm,
                    "division_factor": division_factor, "gen_entropy_pre": pre["gen_entropy"],
                    "gen_entropy": entropy, "gen_entropy_drop": pre["gen_entropy"] - entropy}

@@ -46,9 +46,8 @@ from tuner.metrics.counterfact import score_facts
 from tuner.metrics.fluency import fluency_prompts, generation_entropies
 from tuner.metrics.stability import stability_metrics
 from tuner.plumbing.module_io import rewrite_weight
-from tuner.plumbing.tokens import target_token_ids
 from tuner.rome import rank_one
-from tuner.rome.compute_v import VRequest, VResult
+from tuner.rome.compute_v import VResult
 from tuner.signals import checkpoint
 
 if TYPE_CHECKING:
@@ -96,17 +95,12 @@ def _scratch(editor: Editor, layers: Sequence[int]) -> Iterator[_Scratch]:
         s.reset()
 
 
-def _requests(editor: Editor, facts: Sequence[Any]) -> list[VRequest]:
-    return [VRequest(f.prompt, f.subject, tuple(target_token_ids(editor.tok, f.rewrite_prompt, f.target_new)))
-            for f in facts]
-
-
 def _memit(editor: Editor, facts: Sequence[Any], hp: EditHParams, on_step: OnStep | None) -> MemitPlan:
     hp = hp.memit_pass()  # a hybrid's MEMIT pass has its own clamp (MEMIT measures it against ‖h‖)
     def cov_of(layer: int) -> torch.Tensor | None:
         return editor.mom2(layer, hp.mom2_n_tokens) if hp.mom2_adjustment else None
 
-    return memit_plan(editor.model, editor.tok, editor.adapter, hp, _requests(editor, facts),
+    return memit_plan(editor.model, editor.tok, editor.adapter, hp, editor.requests(facts),
                       editor.context_templates(hp), cov_of, on_step=on_step,
                       max_facts_per_chunk=editor.max_facts_per_chunk)
 
@@ -203,10 +197,11 @@ def _independent(editor: Editor, facts: Sequence[Any], hp: EditHParams, scratch:
     results = []
     if hp.method == "hybrid":  # ROME for all facts at once (each scored alone), MEMIT for the short ones
         plans = editor.plan_many(facts, hp, on_step=step_fn())
-        first = editor.evaluate_many(facts, hp, plans)
+        first = editor.evaluate_many(  # a short fact is scored once, after its MEMIT pass
+            facts, hp, plans, keep=lambda i, post: not _short(hp, float(post["rewrite"]["p_new"][0]), plans[i].v))
         for fact, plan, res in zip(facts, plans, first):
-            res.metrics["memit_pass"] = False
-            if not _short(hp, res.metrics["final_prob"], plan.v):
+            if res is not None:
+                res.metrics["memit_pass"] = False
                 results.append(res)
                 continue
             checkpoint()

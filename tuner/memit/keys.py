@@ -45,8 +45,7 @@ def keys_and_hidden(
                 Trace(model, adapter.layer.format(top), retain_output=True) as h_tr:
             forward_until(model, adapter.layer.format(top), **batch.model_kwargs(model))  # after h_tr's hook
         x, h = k_tr.input, h_tr.output
-        if adapter.seq_first:
-            x, h = x.transpose(0, 1), h.transpose(0, 1)  # (T, B, d) -> (B, T, d)
+        x, h = adapter.batch_first(x), adapter.batch_first(h)
         b = torch.arange(len(flat), device=x.device)
         cols = torch.tensor([batch.offsets[i] + idx for i, (_, idx) in enumerate(flat)], device=x.device)
         keys.append(x[b, cols].double().view(len(facts), per_fact, -1).mean(1))  # (n, d_ff) over the templates

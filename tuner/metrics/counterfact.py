@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from tuner.metrics.record import EditMetrics
 from tuner.metrics.row_updates import RowUpdates
 from tuner.plumbing.adapters import Adapter
 from tuner.plumbing.tokens import encode, make_batch, pad_id_of, padding_side, target_logprobs_at, target_token_ids
@@ -92,7 +93,7 @@ def _mean(x: torch.Tensor) -> float | None:
     return float(x.float().mean()) if x.numel() else None
 
 
-def edit_metrics(pre: dict[str, Any], post: dict[str, Any]) -> dict[str, float | None]:
+def edit_metrics(pre: dict[str, Any], post: dict[str, Any]) -> EditMetrics:
     """CounterFact's per-fact measures after the edit (``post``) and, ``_pre``, of the unedited
     model (``pre``): success = the new target beats the true one (per-token mean log-prob), and
     probabilities (sequence probability). ``neighborhood_keep``: the share of the true answer's

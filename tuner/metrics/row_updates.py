@@ -38,10 +38,7 @@ class RowUpdates:
 
         def edit(out: torch.Tensor, _module: Any) -> torch.Tensor:
             x = tr.input  # the module's input k, set by the same hook before this runs
-            if self.adapter.seq_first:
-                x, view = x.transpose(0, 1), out.transpose(0, 1)  # (B, T, d)
-            else:
-                view = out
+            x, view = self.adapter.batch_first(x), self.adapter.batch_first(out)  # (B, T, d)
             coeff = torch.einsum("btd,bd->bt", x.float(), self.us[index])  # (B, T): u_fᵀ k
             view += (coeff[..., None] * self.lams[index][:, None, :]).to(out.dtype)
             return out

@@ -3,10 +3,10 @@ selected iterate) and loss oscillation — the measures the default objective pe
 
 from __future__ import annotations
 
-from typing import Any
+from tuner.metrics.record import EditMetrics
 
 
-def stability_metrics(trajectory: dict[str, list[float]], selected_step: int) -> dict[str, Any]:
+def stability_metrics(trajectory: dict[str, list[float]], selected_step: int) -> EditMetrics:
     """From the v* trajectory (``prob`` = P(new | bare prompt) per forward pass): the peak, the
     probability of the iterate the edit uses (``opt_final_prob``), rebound = peak − that, and loss
     oscillation (total upward variation of the loss over the initial loss; 0 for a monotone descent)."""

@@ -29,22 +29,21 @@ class LoadedModel:
     stats_texts: list[str]
     name: str
     device: str
-    disabling: Any = None
-    """The ``DisablingRule`` every editor on this model judges with (the study's; None: the defaults)."""
 
     @property
     def n_layers(self) -> int:
         return self.adapter.n_layers(self.model.config)
 
-    def editor(self, *, progress: bool = True, stats_layers: Sequence[int] = ()) -> Any:
+    def editor(self, *, progress: bool = True, stats_layers: Sequence[int] = (), disabling: Any = None) -> Any:
         """An ``Editor`` on this model; ``stats_layers``: every layer the caller may edit (their
-        statistics are computed together, in one pass, when the first is needed)."""
+        statistics are computed together, in one pass, when the first is needed); ``disabling``:
+        the study's ``DisablingRule`` (``StudyConfig.disabling_rule()``; default: the default thresholds)."""
         from tuner.edit.editor import Editor
         from tuner.metrics.fluency import DisablingRule
 
         return Editor(self.model, self.tok, self.adapter, fingerprint=self.fingerprint,
                       stats_texts=self.stats_texts, progress=progress, stats_layers=stats_layers,
-                      disabling=self.disabling or DisablingRule())
+                      disabling=disabling or DisablingRule())
 
 
 def pick_device(device: str) -> str:

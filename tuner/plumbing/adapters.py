@@ -40,6 +40,11 @@ class Adapter:
                 return value
         raise ArchitectureError(f"cannot read the number of layers from {type(config).__name__}")
 
+    def batch_first(self, x: Any) -> Any:
+        """A hidden-state tensor as (B, T, d): a view of ``x``, transposed for sequence-first
+        models (writing into it writes into ``x``). The one place the layout is undone."""
+        return x.transpose(0, 1) if self.seq_first else x
+
     def with_overrides(self, overrides: dict[str, Any]) -> Adapter:
         merged = {**dataclasses.asdict(self), **overrides}
         merged["n_layers_attr"] = list(merged["n_layers_attr"])

@@ -34,8 +34,7 @@ def module_io_at(
     with Trace(model, adapter.rewrite.format(layer), retain_input=True, retain_output=True) as tr:
         model(**batch.model_kwargs(model))
     x, y = tr.input, tr.output
-    if adapter.seq_first:
-        x, y = x.transpose(0, 1), y.transpose(0, 1)  # (T, B, d) -> (B, T, d)
+    x, y = adapter.batch_first(x), adapter.batch_first(y)
     rows = torch.arange(len(prompts), device=x.device)
     cols = torch.tensor([batch.offsets[i] + idx for i, (_, idx) in enumerate(encoded)], device=x.device)
     return x[rows, cols].float(), y[rows, cols].float()

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from tuner.report.records import Row, complete, complete_feasible
+from tuner.study.objective import best_first
 
 
 def _empty(title: str, message: str) -> Any:
@@ -20,7 +21,7 @@ def _empty(title: str, message: str) -> Any:
 
 def pick_trials(rows: list[Row], top_k: int = 3) -> list[tuple[str, Row]]:
     """best, median, worst (by objective) and the next top-k, without repeats."""
-    done = sorted(complete_feasible(rows), key=lambda r: r.value, reverse=True)
+    done = best_first(complete_feasible(rows), lambda r: r.value, lambda r: r.number)
     if not done:
         return []
     chosen = [("best", done[0]), ("median", done[len(done) // 2]), ("worst", done[-1])]

@@ -11,10 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tuner.metrics.record import SHOWN
 from tuner.paths import atomic_write_text
 from tuner.report import figures
 from tuner.report.records import complete, complete_feasible, rows
 from tuner.report.surface import surface_figures
+from tuner.study.objective import best_first
 
 
 @dataclass
@@ -80,21 +82,18 @@ def summary(study: Any, rs: list) -> str:
         parts.append("<p class='warn'>Only one completed trial: surfaces and importances need more.</p>")
     infeasible = len(done) - len(complete_feasible(rs))
     if infeasible:
-        parts.append(f"<p class='warn'>{infeasible} completed trial(s) are infeasible: at least one edit was "
-                     "disabling (update norm or generation-entropy collapse) or the edits cost more neighbourhood specificity "
-                     "than objective.max_specificity_drop allows; they are never the best trial.</p>")
+        parts.append(f"<p class='warn'>{infeasible} completed trial(s) are infeasible — more disabling edits "
+                     "(update norm or generation-entropy collapse) than the references made, a specificity below "
+                     "theirs, or no edit at all (the launch summary says which); they are never the best trial.</p>")
     if not complete_feasible(rs):
         return "\n".join(parts)
-    best = max(complete_feasible(rs), key=lambda r: r.value)
+    best = best_first(complete_feasible(rs), lambda r: r.value, lambda r: r.number)[0]
     parts.append(f"<h3>Best trial #{best.number}: objective {best.value:.4f} ({html.escape(best.setting)})</h3>")
     parts.append("<table><tr><th>hyperparameter</th><th>value</th></tr>" + "".join(
         f"<tr><td>{html.escape(k)}</td><td>{v:.5g}</td></tr>" if isinstance(v, float) else
         f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>" for k, v in best.params.items()) + "</table>")
     if best.per_fact:
-        cols = ["case_id", "final_prob", "pre_prob", "peak_prob", "rebound", "efficacy", "paraphrase", "specificity",
-                "oscillation", "n_steps", "early_stopped", "update_norm", "gen_entropy_drop", "disabling_edit",
-                "memit_pass", "prob_at_edit", "efficacy_at_edit", "seconds"]
-        cols = [c for c in cols if any(c in m for m in best.per_fact)]
+        cols = [c for c in SHOWN if any(c in m for m in best.per_fact)]
         head = "".join(f"<th>{c}</th>" for c in cols)
         body = "".join("<tr>" + "".join(
             f"<td>{m.get(c):.4g}</td>" if isinstance(m.get(c), float) else f"<td>{m.get(c)}</td>" for c in cols) + "</tr>"

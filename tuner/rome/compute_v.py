@@ -174,8 +174,7 @@ class _Optimisation:
                 logits = model(**self.kwargs_of(rows)).logits
             x, y = tr.input, tr.output
             h = y if block is None else block.output
-            if adapter.seq_first:  # (T, B, d) -> (B, T, d); logits are (B, T, V)
-                x, y, h = x.transpose(0, 1), y.transpose(0, 1), h.transpose(0, 1)
+            x, y, h = adapter.batch_first(x), adapter.batch_first(y), adapter.batch_first(h)  # logits are (B, T, V)
             for j, f in enumerate(part):
                 bare = j * P  # row 0 of the fact is the bare prompt "{}"
                 col = data.edit_col[rows[bare]]
@@ -218,10 +217,10 @@ class _Optimisation:
         back-propagated for the facts that step on; returns those facts."""
         rows = self.data.of(part)
         fact_of_row = torch.tensor(part, device=self.device).repeat_interleave(self.P)
-        edit_col, seq_first = self.data.edit_col, self.adapter.seq_first
+        edit_col, adapter = self.data.edit_col, self.adapter
 
         def add_delta(out: torch.Tensor, _module: Any) -> torch.Tensor:
-            view = out.transpose(0, 1) if seq_first else out  # (B, T, d)
+            view = adapter.batch_first(out)  # (B, T, d)
             view[torch.arange(len(rows), device=out.device), edit_col[rows]] += delta[fact_of_row].to(out.dtype)
             return out
 

@@ -73,8 +73,7 @@ def compute_second_moments(
     def hook_for(layer: int) -> Any:
         def hook(_module: Any, args: Any, _output: Any) -> None:
             keys = args[0] if isinstance(args, tuple) else args
-            if adapter.seq_first:
-                keys = keys.transpose(0, 1)  # (T, B, d) -> (B, T, d)
+            keys = adapter.batch_first(keys)
             k = keys[state["mask"]].to(torch.float64)[: state["take"]]  # (N, d_ff)
             totals[layer] = k.T @ k if layer not in totals else totals[layer] + k.T @ k
 

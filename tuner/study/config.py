@@ -168,17 +168,15 @@ class StudyConfig:
                              force=force, progress=progress)
 
     def load_model(self, *, device: str | None = None, progress: bool = True) -> Any:
-        """The study's model, loaded once (``tuner.models.load.LoadedModel``); its editors judge
-        disabling edits with the study's thresholds."""
+        """The study's model, loaded once (``tuner.models.load.LoadedModel``)."""
         from tuner.models.load import load_model
 
-        loaded = load_model(self.model, resolve=self.resolve, edits=self.resolve(self.facts.path), device=device,
-                            progress=progress)
-        loaded.disabling = self.disabling_rule()
-        return loaded
+        return load_model(self.model, resolve=self.resolve, edits=self.resolve(self.facts.path), device=device,
+                          progress=progress)
 
     def disabling_rule(self) -> Any:
-        """The study's ``DisablingRule`` (``objective.max_update_norm``, ``objective.max_entropy_drop``)."""
+        """The study's ``DisablingRule`` (``objective.max_update_norm``, ``objective.max_entropy_drop``):
+        every editor that scores the study's edits carries it (``LoadedModel.editor(disabling=...)``)."""
         from tuner.metrics.fluency import DisablingRule
 
         return DisablingRule(self.objective.max_update_norm, self.objective.max_entropy_drop)

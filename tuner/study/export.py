@@ -26,12 +26,12 @@ def ranked_trials(study: Any, *, where: Any = None) -> list[Any]:
     a warm start use. ``where(trial)`` narrows the candidates further."""
     from optuna.trial import TrialState
 
-    from tuner.study.objective import feasible
+    from tuner.study.objective import best_first, feasible
 
     done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
             if t.values is not None and feasible(t) and (where is None or where(t))]
-    sign = 1 if study.directions[0].name == "MAXIMIZE" else -1
-    return sorted(done, key=lambda t: (-sign * t.values[0], t.number))
+    return best_first(done, lambda t: t.values[0], lambda t: t.number,
+                      maximize=study.directions[0].name == "MAXIMIZE")
 
 
 def best_trial(study: Any, *, where: Any = None) -> Any:

@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from tuner.hparams import KNOBS, EditHParams
+from tuner.metrics.record import SHOWN
 
-FACT_COLUMNS = ("case_id", "final_prob", "peak_prob", "rebound", "efficacy", "paraphrase", "specificity",
-                "n_steps", "early_stopped", "update_norm", "division_factor", "gen_entropy_drop", "disabling_edit",
-                "memit_pass", "prob_at_edit", "efficacy_at_edit", "seconds")
+FACT_COLUMNS = SHOWN
 
 
 def _cell(value: Any) -> str:

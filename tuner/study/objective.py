@@ -19,27 +19,26 @@ from typing import Any
 
 from tuner.errors import EditError
 from tuner.facts.schema import Fact
+from tuner.metrics.record import AT_EDIT, MEANS, STORED
 from tuner.metrics.scoring import Thresholds
 from tuner.signals import checkpoint
 from tuner.study.config import StudyConfig
 from tuner.study.space import SearchSpace
-
-STORED_METRICS = ("final_prob", "pre_prob", "true_prob", "efficacy", "paraphrase", "paraphrase_prob", "specificity",
-                  "specificity_pre", "neighborhood_drop", "neighborhood_keep", "efficacy_pre", "paraphrase_pre",
-                  "paraphrase_prob_pre", "peak_prob", "peak_step", "opt_final_prob", "selected_step", "n_steps",
-                  "rebound", "oscillation", "final_loss", "early_stopped", "update_norm", "division_factor",
-                  "gen_entropy", "gen_entropy_drop", "disabling_edit", "memit_pass")
-"""The per-fact metrics stored in a trial's ``per_fact`` attribute (sequential mode adds
-``prob_at_edit`` and ``efficacy_at_edit``: right after the fact's own edit)."""
-AT_EDIT = ("prob_at_edit", "efficacy_at_edit")
-MEAN_METRICS = ("final_prob", "rebound", "peak_prob", "efficacy", "specificity", "paraphrase", "oscillation",
-                "final_loss", "n_steps", "early_stopped", "update_norm", "gen_entropy_drop", "disabling_edit")
 
 
 def feasible(trial: Any) -> bool:
     """Every constraint ≤ 0 (``tuner.metrics.scoring``: disabling edits, specificity against the
     references, the absolute guard when set, a non-edit)."""
     return all(c <= 0 for c in trial.user_attrs.get(CONSTRAINTS, [0]))
+
+
+def best_first(items: Any, value: Callable[[Any], float], number: Callable[[Any], int], *,
+               maximize: bool = True) -> list[Any]:
+    """The one "best" order of trials (or their records): by value, best first, ties to the
+    earlier trial. The export, the validation's top-K, a warm start, the progress bar's best and
+    the report all rank with it (feasibility is filtered by the caller: ``feasible``)."""
+    sign = -1 if maximize else 1
+    return sorted(items, key=lambda x: (sign * value(x), number(x)))
 
 
 def constraints(trial: Any) -> list[float]:
@@ -226,7 +225,7 @@ class Objective:
         for i, (fact, result) in enumerate(zip(self.facts, results)):
             if i == 0:
                 trial.set_user_attr("context_templates", result.context_templates)
-            m = {k: _rounded(result.metrics[k]) for k in STORED_METRICS}
+            m = {k: _rounded(result.metrics[k]) for k in STORED}
             m.update({k: _rounded(result.metrics[k]) for k in AT_EDIT if k in result.metrics})
             m["case_id"] = fact.case_id
             m["seconds"] = m["compute_seconds"] = round(sum(result.timings.values()), 4)  # its share
@@ -283,7 +282,7 @@ def _store(trial: Any, hp: Any, per_fact: list[dict[str, Any]], trajectories: li
             trial.set_constraint(name, value)
     save_trial_note(trial, per_fact, hp)
     n = len(per_fact)
-    mean = {k: _rounded(sum(m[k] or 0.0 for m in per_fact) / n) for k in MEAN_METRICS}
+    mean = {k: _rounded(sum(m[k] or 0.0 for m in per_fact) / n) for k in MEANS}
     kept = [m["efficacy"] for m in per_fact if m.get("efficacy_at_edit")]
     if kept:  # sequential: of the facts edited successfully, the share still edited at the end
         mean["retention"] = _rounded(sum(kept) / len(kept))

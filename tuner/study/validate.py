@@ -75,7 +75,7 @@ def run_validation(study: Any, cfg: StudyConfig, *, top: int = 5, holdout: int |
     facts = cfg.select_holdout()
     best_trial(study)  # a study with nothing to validate says so before any model is loaded
     loaded = loaded or cfg.load_model(device=device, progress=progress)
-    editor = loaded.editor(progress=progress)
+    editor = loaded.editor(progress=progress, disabling=cfg.disabling_rule())
     cands = candidates(study, cfg, top, loaded.adapter.family, editor.n_layers)
     measured = []
     for cand in tqdm(cands, desc=f"held-out validation ({len(facts)} facts)", unit="setting", disable=not progress):

@@ -48,19 +48,18 @@ class Counts:
 def count_trials(study: Any) -> Counts:
     from optuna.trial import TrialState
 
-    from tuner.study.objective import feasible
+    from tuner.study.objective import best_first, feasible
 
     c = Counts()
     single = len(study.directions) == 1
-    maximize = single and study.direction.name == "MAXIMIZE"
+    candidates = []
     for t in study.get_trials(deepcopy=False):
         if t.state == TrialState.COMPLETE:
             c.complete += 1
             if not feasible(t):
                 c.infeasible += 1
-            elif single and t.value is not None and (
-                    c.best is None or (t.value > c.best if maximize else t.value < c.best)):
-                c.best = t.value
+            elif single and t.value is not None:
+                candidates.append(t)
         elif t.state == TrialState.PRUNED:
             c.pruned += 1
         elif t.state == TrialState.RUNNING:
@@ -69,6 +68,9 @@ def count_trials(study: Any) -> Counts:
             c.waiting += 1
         elif t.state == TrialState.FAIL:
             c.failed += 1
+    if candidates:
+        c.best = best_first(candidates, lambda t: t.value, lambda t: t.number,
+                            maximize=study.direction.name == "MAXIMIZE")[0].value
     return c
 
 
@@ -519,7 +521,8 @@ def _join(url: str, name: str, *, device: str | None, threads: int | None, quiet
         torch.set_num_threads(threads or 1)
     elif threads:
         torch.set_num_threads(threads)
-    editor = loaded.editor(progress=not quiet, stats_layers=space.layers(cfg.hparams))
+    editor = loaded.editor(progress=not quiet, stats_layers=space.layers(cfg.hparams),
+                           disabling=cfg.disabling_rule())
     # Workers need distinct sampler seeds or they propose the same points. Launch numbers its
     # workers (worker 0 uses the study seed, so one worker is fully reproducible); a worker
     # started by hand falls back to its pid.
