@@ -143,9 +143,7 @@ def summarize(study: Any, cfg: Any, *, progress: bool = True) -> list[Path] | No
     """Print the outcome of a finished study, validate it on its held-out facts (when it has
     them), export its setting and write its report."""
     from tuner.errors import StudyError
-    from tuner.paths import storage_root
-    from tuner.report.html import write_report
-    from tuner.study.export import best_trial, export_best
+    from tuner.study.export import best_trial
     from tuner.study.verdict import bounds_line, infeasible_reasons, rows_table, trade_off_line, tuning_rows
     from tuner.study.worker import count_trials
 
@@ -188,6 +186,15 @@ def summarize(study: Any, cfg: Any, *, progress: bool = True) -> list[Path] | No
     if trial is None and not (study.user_attrs.get("holdout") or {}).get("winner"):
         print("nothing to export")
         return None
+    return export_and_report(study, cfg)
+
+
+def export_and_report(study: Any, cfg: Any) -> list[Path]:
+    """The exported setting's files and the HTML report (after a launch, after ``tuner validate``)."""
+    from tuner.paths import storage_root
+    from tuner.report.html import write_report
+    from tuner.study.export import export_best
+
     paths = export_best(study, cfg)
     for path in paths:
         print(f"wrote {path}")
@@ -197,9 +204,6 @@ def summarize(study: Any, cfg: Any, *, progress: bool = True) -> list[Path] | No
 
 
 def validate(args: argparse.Namespace) -> int:
-    from tuner.paths import storage_root
-    from tuner.report.html import write_report
-    from tuner.study.export import export_best
     from tuner.study.setup import load_existing
     from tuner.study.storage import make_storage, resolve_url
     from tuner.study.validate import run_validation, table
@@ -211,10 +215,7 @@ def validate(args: argparse.Namespace) -> int:
     record = run_validation(study, cfg, top=args.top, holdout=args.holdout, device=args.device,
                             progress=not args.no_progress)
     print(table(record))
-    for path in export_best(study, cfg):
-        print(f"wrote {path}")
-    page = write_report(study, cfg, storage_root() / "reports" / study.study_name)
-    print(f"wrote {page}")
+    export_and_report(study, cfg)
     return 0
 
 
