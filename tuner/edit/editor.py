@@ -159,38 +159,13 @@ class Editor:
     def plan_many(self, facts: Sequence[Fact], hp: EditHParams, *,
                   on_step: Callable[[int, list[float]], None] | None = None) -> list[EditPlan]:
         """One plan per fact; v* of all of them optimised in one batch (``compute_vs``).
-        Shared work (statistics, v*) is timed once and split evenly over the facts."""
-        self.check_layer(hp.layer)
-        n = len(facts)
-        t0 = time.perf_counter()
-        solver = self.solver(hp)
-        templates = self.context_templates(hp)
-        t_stats = (time.perf_counter() - t0) / n
-
-        t0 = time.perf_counter()
-        requests = self.requests(facts)
-        vs = compute_vs(self.model, self.tok, self.adapter, hp, requests, templates,
-                        max_facts_per_chunk=self.max_facts_per_chunk, on_step=on_step)
-        t_v = (time.perf_counter() - t0) / n
-
-        us, t_k = [], []
-        for v in vs:  # k* comes from compute_vs's first pass, which traces the same rows at that module
-            t0 = time.perf_counter()
-            us.append(rank_one.left_vector(v.k_star, solver))
-            t_k.append(time.perf_counter() - t0)
-        k_stars = [v.k_star for v in vs]
-
-        plans = []
-        for v, u, k_star, tk in zip(vs, us, k_stars, t_k):
-            t0 = time.perf_counter()
-            plan = self._plan(hp, v, u, k_star, templates)
-            plan.timings.update(stats=t_stats, k_star=tk, v_star=t_v, update=time.perf_counter() - t0)
-            plans.append(plan)
-        return plans
+        Shared work (statistics, v*, the left vectors) is timed once and split evenly over the
+        facts. ``plan_trials`` with one setting."""
+        return self.plan_trials(facts, [hp], on_step=on_step)[0]
 
     def plan_trials(self, facts: Sequence[Fact], hps: Sequence[EditHParams], *,
                     on_step: Callable[[int, list[float]], Any] | None = None) -> list[list[EditPlan]]:
-        """``plan_many`` for several settings at one layer (a worker's batch of trials): the v*
+        """The plans of several settings at one layer (a worker's batch of trials): the v*
         of every (setting, fact) pair optimised in one batch, each setting with its own knobs
         (``compute_vs(knobs=...)``); ``on_step`` sees every pair's P(new), setting by setting,
         and may return pairs to stop (index ``setting * len(facts) + fact``). One list of plans

@@ -80,7 +80,7 @@ class VResult:
     trajectory: dict[str, list[float]]  # per forward pass: TRAJECTORY_KEYS
     selected_step: int  # the forward pass whose δ is v* − value_init
     early_stopped: bool  # the loss fell below hp.early_stop_loss before the last forward pass
-    k_star: torch.Tensor | None = None  # (d_ff,) k*: the key averaged over the rewrite rows (``compute_k``'s)
+    k_star: torch.Tensor  # (d_ff,) k*: the key averaged over the rewrite rows (what ``compute_k`` reads)
 
     @property
     def opt_final_prob(self) -> float:

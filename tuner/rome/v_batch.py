@@ -10,7 +10,7 @@ import torch
 
 from tuner.hparams import EditHParams
 from tuner.plumbing.adapters import Adapter
-from tuner.plumbing.tokens import Batch, make_batch, pad_id_of, padding_side
+from tuner.plumbing.tokens import make_batch, pad_id_of, padding_side
 from tuner.rome.context import fact_rows
 
 KL_PROMPT = "{} is a"
@@ -58,11 +58,6 @@ class VRows:
         """Batch rows of ``facts`` (in order: each fact's rewrite rows, then its KL row)."""
         p = self.per_fact
         return torch.tensor([f * p + j for f in facts for j in range(p)], device=self.edit_col.device)
-
-    def sub_batch(self, rows: torch.Tensor) -> Batch:
-        b = self.batch
-        return Batch(b.input_ids[rows], b.attention_mask[rows], b.position_ids[rows],
-                     [b.offsets[i] for i in rows.tolist()])
 
 
 class _KLRequest:

@@ -181,7 +181,7 @@ def launch(config: str, *, trials: int | None, study_name: str | None, url: str 
         return Launched(0, study, cfg, finished=False)
     if cfg.model.is_default:  # train once here, not in every worker at the same time
         cfg.build_default_model(progress=progress)
-    return _run_workers(storage, study, cfg, name, url, plans, budget, progress=progress)
+    return _run_workers(storage, study, cfg, name, url, plans, budget, counts, progress=progress)
 
 
 def _checked(config: str, trials: int | None, study_name: str | None, url: str | None, widen_bounds: bool,
@@ -244,12 +244,11 @@ def _seeds(storage: Any, cfg: StudyConfig, name: str, url: str, *, seed_from_tra
 
 
 def _run_workers(storage: Any, study: Any, cfg: StudyConfig, name: str, url: str, plans: list[dict[str, str]],
-                 budget: int, *, progress: bool) -> Launched:
-    """The local workers until they exit, with the progress bar; a signal stops them (their
-    trials re-queued), a deletion mark too."""
+                 budget: int, counts: Any, *, progress: bool) -> Launched:
+    """The local workers until they exit, with the progress bar (from ``counts``, the study's
+    trials before); a signal stops them (their trials re-queued), a deletion mark too."""
     from tuner.study.worker import count_trials
 
-    counts = count_trials(study)
     workers: list[_Worker] = []
     bar = tqdm(total=budget, initial=min(counts.finished, budget), desc=f"study {name}", unit="trial",
                disable=not progress, dynamic_ncols=True)
